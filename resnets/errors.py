@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every failure caused by the user's input (a config key, a data path, a checkpoint)
+raises a subclass of `ResnetsError` whose message names the file or option and
+what was expected. The CLI prints such messages as one line and exits with
+status 2, instead of a traceback from deep inside.
+"""
+
+
+class ResnetsError(Exception):
+    """Base class for errors caused by user input, reported without a traceback."""
+
+
+class ConfigError(ResnetsError, ValueError):
+    """A configuration key, value or CLI option is wrong."""
+
+
+class DataError(ResnetsError, ValueError):
+    """A data set path, layout, file or checksum is wrong."""
+
+
+class CheckpointError(ResnetsError, RuntimeError):
+    """A checkpoint or weights file is missing, corrupt or does not fit the model."""
+
+
+class TrainingDiverged(ResnetsError, RuntimeError):
+    """The loss became non-finite; the last good checkpoint is kept."""
