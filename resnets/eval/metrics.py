@@ -1,0 +1,101 @@
+"""Top-k error counting, safe for distributed evaluation.
+
+The paper reports top-1 and top-5 *error* rates (Tables 2-5). Counts are kept as
+integer tensors on the scores' device, so accumulating over a validation run costs
+no host sync per batch, and summing them across ranks is one ``all_reduce``.
+
+Distributed samplers pad the data set to a multiple of the world size by
+repeating samples; those duplicates must not be counted twice. Every update
+therefore takes an optional validity mask, and :func:`shard_indices` produces
+rank-strided indices together with that mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["TopKAccumulator", "shard_indices", "topk_errors"]
+
+
+def topk_errors(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    ks: Sequence[int] = (1, 5),
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Number of samples whose target is not among the top-k scores, for each k in `ks`.
+
+    `scores` are logits or probabilities (N, C) -- the ranking is the same. With
+    fewer than k classes, top-k means top-min(k, C) (so top-5 on 3 classes is 0 errors).
+    `valid` (N,) bool masks out padded duplicates. Returns an int64 tensor (len(ks),).
+    """
+    if scores.ndim != 2 or targets.shape != scores.shape[:1]:
+        raise ValueError(f"topk_errors expects scores (N, C) and targets (N,), got {tuple(scores.shape)}, "
+                         f"{tuple(targets.shape)}")
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices  # (N, kmax), best first
+    hit = top == targets.to(top.device)[:, None]  # at most one True per row
+    correct_within = hit.cumsum(dim=1)  # [n, j] = 1 if target in top-(j+1)
+    if valid is not None:
+        correct_within = correct_within * valid.to(top.device)[:, None]
+        n = valid.sum()
+    else:
+        n = torch.tensor(scores.shape[0], device=top.device)
+    counts = [n - correct_within[:, min(k, kmax) - 1].sum() for k in ks]
+    return torch.stack(counts).to(torch.int64)
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank `rank`'s share of ``range(n)`` the way ``DistributedSampler(shuffle=False)`` pads it.
+
+    Returns ``(indices, valid)``: indices wrap around to make every rank's share equal length;
+    ``valid`` is False for the wrapped duplicates. Feed ``valid`` to :meth:`TopKAccumulator.update`.
+    """
+    per_rank = -(-n // world_size)
+    positions = torch.arange(rank, per_rank * world_size, world_size)
+    return positions % n, positions < n
+
+
+class TopKAccumulator:
+    """Running top-k error counts over batches (and, after :meth:`all_reduce`, over ranks)."""
+
+    def __init__(self, ks: Sequence[int] = (1, 5), device: torch.device | str | None = None) -> None:
+        self.ks = tuple(ks)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.reset()
+
+    def reset(self) -> None:
+        self._errors = torch.zeros(len(self.ks), dtype=torch.int64, device=self.device)
+        self._n = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def update(self, scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Add a batch; `valid` (N,) bool excludes padded duplicates."""
+        self._errors += topk_errors(scores, targets, self.ks, valid).to(self.device)
+        n = valid.sum() if valid is not None else torch.tensor(scores.shape[0])
+        self._n += n.to(self.device, torch.int64)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all ranks (no-op unless torch.distributed is initialised)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            buf = torch.cat([self._errors, self._n[None]])
+            torch.distributed.all_reduce(buf)
+            self._errors, self._n = buf[:-1].clone(), buf[-1].clone()
+
+    @property
+    def n(self) -> int:
+        return int(self._n)
+
+    @property
+    def error_counts(self) -> dict[int, int]:
+        return {k: int(e) for k, e in zip(self.ks, self._errors.tolist())}
+
+    def compute(self) -> dict[str, float | int]:
+        """``{"top1_err": %, "top5_err": %, ..., "n": n}``; error rates in percent like the paper."""
+        n = self.n
+        out: dict[str, float | int] = {
+            f"top{k}_err": (100.0 * e / n if n else float("nan")) for k, e in self.error_counts.items()
+        }
+        out["n"] = n
+        return out
