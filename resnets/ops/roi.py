@@ -1,0 +1,200 @@
+"""RoI Align and RoI Pool (``torchvision.ops`` semantics), vectorised in PyTorch.
+
+Both take ``input: Tensor[N, C, H, W]`` and ``boxes`` as either ``Tensor[K, 5]``
+of ``(batch_index, x1, y1, x2, y2)`` or a list of per-image ``Tensor[L, 4]``, and
+return ``Tensor[K, C, out_h, out_w]``.
+
+RoI Align is the hot path of the C4 detector head (Appendix A: a 14x14 pooled
+conv4 feature per RoI feeds res5). Bilinear sampling is a *linear* map of the
+feature map whose weights depend only on the boxes, so all K x out_h x out_w bins
+are written as rows of one sparse CSR matrix over the feature pixels and applied
+with a single ``sparse @ dense`` product over channels-last features: no per-RoI
+Python loop, variable per-RoI sampling grids (``sampling_ratio <= 0``) come for
+free as variable row lengths, and autograd gives the transposed product for the
+backward pass. Boxes get no gradient (as in torchvision).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["roi_align", "roi_pool", "convert_boxes_to_roi_format"]
+
+# Largest gather (elements) RoI Pool materialises at once; bounds its memory.
+_POOL_CHUNK_ELEMS = 1 << 24
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
+    """Turn a list of per-image ``Tensor[L, 4]`` into ``Tensor[K, 5]`` with the image index first."""
+    if len(boxes) == 0:
+        return torch.zeros((0, 5))
+    rois = []
+    for i, b in enumerate(boxes):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes[{i}] must be Tensor[L, 4], got shape {tuple(b.shape)}")
+        rois.append(torch.cat([torch.full_like(b[:, :1], i), b], dim=1))
+    return torch.cat(rois, dim=0)
+
+
+def _check_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    if input.dim() != 4:
+        raise ValueError(f"input must be Tensor[N, C, H, W], got shape {tuple(input.shape)}")
+    rois = convert_boxes_to_roi_format(boxes) if isinstance(boxes, (list, tuple)) else boxes
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got shape {tuple(rois.shape)}")
+    rois = rois.to(device=input.device, dtype=input.dtype).detach()
+    if rois.shape[0] and (rois[:, 0].min() < 0 or rois[:, 0].max() >= input.shape[0]):
+        raise ValueError(f"RoI batch indices must lie in [0, {input.shape[0]})")
+    return rois
+
+
+def _align_axis(
+    start: Tensor, end: Tensor, pooled: int, size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear taps along one axis for every RoI, bin and sample.
+
+    Returns ``index[K, pooled, 2G]``, ``weight[K, pooled, 2G]`` (zero for padding
+    samples and samples outside ``[-1, size]``) and the per-RoI grid size ``[K]``.
+    Mirrors torchvision's ``roi_align`` CPU kernel step by step.
+    """
+    offset = 0.5 if aligned else 0.0
+    start = start * spatial_scale - offset
+    length = end * spatial_scale - offset - start
+    if not aligned:  # legacy behaviour: force malformed RoIs to be at least 1x1
+        length = length.clamp(min=1.0)
+    bin_size = length / pooled
+    k = start.shape[0]
+    if sampling_ratio > 0:
+        grid = torch.full((k,), sampling_ratio, dtype=torch.int64, device=start.device)
+    else:  # adaptive: ceil(roi_size / pooled_size) samples per bin
+        grid = torch.ceil(length / pooled).clamp(min=0).to(torch.int64)
+    g = max(int(grid.max()), 1)
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)
+    i = torch.arange(g, device=start.device, dtype=start.dtype)
+    bs = bin_size[:, None, None]
+    coord = start[:, None, None] + p[None, :, None] * bs + (i[None, None, :] + 0.5) * bs / grid.clamp(min=1)[:, None, None]
+    valid = (i[None, None, :] < grid[:, None, None]) & (coord >= -1.0) & (coord <= size)
+    coord = coord.clamp(min=0)
+    low = coord.floor().clamp(max=size - 1).to(torch.int64)
+    at_edge = low >= size - 1
+    high = torch.where(at_edge, low, low + 1)
+    coord = torch.where(at_edge, low.to(coord.dtype), coord)
+    frac = coord - low.to(coord.dtype)
+    index = torch.stack((low, high), dim=-1).reshape(k, pooled, 2 * g)
+    weight = (torch.stack((1.0 - frac, frac), dim=-1) * valid[..., None]).reshape(k, pooled, 2 * g)
+    return index, weight, grid
+
+
+def roi_align(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoI Align (He et al., Mask R-CNN) with ``torchvision.ops.roi_align`` semantics.
+
+    Each output bin averages ``grid_h x grid_w`` bilinear samples, where the grid is
+    ``sampling_ratio`` per axis or, if ``sampling_ratio <= 0``, ``ceil(roi_size /
+    output_size)`` per RoI. ``aligned=True`` shifts boxes by -0.5 pixel so that box
+    corners map onto pixel centres correctly; ``aligned=False`` (legacy) instead
+    forces every RoI to be at least 1x1. Samples more than one pixel outside the
+    feature map contribute 0, nearer ones are clamped to the border.
+    """
+    rois = _check_rois(input, boxes)
+    n, c, h, w = input.shape
+    oh, ow = _pair(output_size)
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros((0, c, oh, ow))
+    iy, wy, gh = _align_axis(rois[:, 2], rois[:, 4], oh, h, spatial_scale, sampling_ratio, aligned)
+    ix, wx, gw = _align_axis(rois[:, 1], rois[:, 3], ow, w, spatial_scale, sampling_ratio, aligned)
+    count = (gh * gw).clamp(min=1).to(input.dtype)
+    batch = rois[:, 0].to(torch.int64)
+    # Dense tap layout [K, oh, ow, taps_y, taps_x]; separable weights multiply.
+    col = (batch * (h * w))[:, None, None, None, None] + iy[:, :, None, :, None] * w + ix[:, None, :, None, :]
+    val = wy[:, :, None, :, None] * wx[:, None, :, None, :] / count[:, None, None, None, None]
+    col = col.reshape(k * oh * ow, -1)
+    val = val.reshape(k * oh * ow, -1)
+    keep = val != 0  # drop padding / out-of-range taps: rows get their true length
+    crow = torch.zeros(k * oh * ow + 1, dtype=torch.int64, device=input.device)
+    crow[1:] = keep.sum(dim=1).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": fine for sparse @ dense
+        warnings.simplefilter("ignore", UserWarning)
+        matrix = torch.sparse_csr_tensor(
+            crow, col[keep], val[keep], (k * oh * ow, n * h * w), check_invariants=False
+        )
+    features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels-last rows
+    out = torch.sparse.mm(matrix, features)
+    return out.reshape(k, oh, ow, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _round_half_away(x: Tensor) -> Tensor:
+    """C ``round()``: halves go away from zero (``torch.round`` rounds half to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def roi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """RoI max pooling (Fast R-CNN) with ``torchvision.ops.roi_pool`` semantics.
+
+    Box corners are scaled and rounded to feature cells (inclusive), each RoI is
+    split into ``output_size`` bins of ``floor``/``ceil`` cell ranges clipped to
+    the map, and each bin takes the max; empty bins give 0.
+    """
+    rois = _check_rois(input, boxes)
+    n, c, h, w = input.shape
+    oh, ow = _pair(output_size)
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros((0, c, oh, ow))
+    corners = _round_half_away(rois[:, 1:] * spatial_scale).to(torch.int64)
+    batch = rois[:, 0].to(torch.int64)
+
+    def axis(lo: Tensor, hi: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
+        length = (hi - lo + 1).clamp(min=1).to(input.dtype)
+        bin_size = length / pooled
+        p = torch.arange(pooled, device=input.device, dtype=input.dtype)
+        s = torch.floor(p[None] * bin_size[:, None]).to(torch.int64) + lo[:, None]
+        e = torch.ceil((p[None] + 1) * bin_size[:, None]).to(torch.int64) + lo[:, None]
+        return s.clamp(0, size), e.clamp(0, size)
+
+    hs, he = axis(corners[:, 1], corners[:, 3], oh, h)
+    ws, we = axis(corners[:, 0], corners[:, 2], ow, w)
+    mh = max(int((he - hs).max()), 1)
+    mw = max(int((we - ws).max()), 1)
+    rows = hs[..., None] + torch.arange(mh, device=input.device)  # [K, oh, mh]
+    cols = ws[..., None] + torch.arange(mw, device=input.device)  # [K, ow, mw]
+    row_ok = rows < he[..., None]
+    col_ok = cols < we[..., None]
+    rows = rows.clamp(max=h - 1)
+    cols = cols.clamp(max=w - 1)
+    flat = (batch * (h * w))[:, None, None, None, None] + rows[:, :, None, :, None] * w + cols[:, None, :, None, :]
+    ok = row_ok[:, :, None, :, None] & col_ok[:, None, :, None, :]  # [K, oh, ow, mh, mw]
+    features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    per_roi = oh * ow * mh * mw * c
+    chunk = max(1, _POOL_CHUNK_ELEMS // per_roi)
+    outs = []
+    for s in range(0, k, chunk):  # chunks of many RoIs only bound memory
+        f = flat[s : s + chunk].reshape(-1, oh, ow, mh * mw)
+        m = ok[s : s + chunk].reshape(-1, oh, ow, mh * mw, 1)
+        vals = features[f].masked_fill(~m, float("-inf"))  # [k', oh, ow, mh*mw, C]
+        best = vals.max(dim=3).values
+        empty = ~m.any(dim=3)
+        outs.append(best.masked_fill(empty, 0.0))
+    return torch.cat(outs, dim=0).permute(0, 3, 1, 2).contiguous()
