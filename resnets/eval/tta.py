@@ -39,6 +39,7 @@ __all__ = [
     "PROTOCOLS",
     "FullImage",
     "TenCrop",
+    "batch_probs",
     "ensemble_probs",
     "evaluate",
     "multiscale_scores",
@@ -177,6 +178,28 @@ def ensemble_probs(probs: Sequence[torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------- evaluation
 
 
+@torch.inference_mode()
+def batch_probs(
+    models: Sequence[nn.Module],
+    normalizers: Sequence[Normalizer],
+    x: torch.Tensor,
+    protocol: Literal["center", "10crop"],
+) -> torch.Tensor:
+    """Softmax scores (B, C) for a uint8 batch: ``center`` (B, 3, h, w) or ``10crop`` (B, 10, 3, h, w).
+
+    10-crop scores are the mean over the views; several models are averaged (ensemble).
+    """
+    views = 10 if protocol == "10crop" else 1
+    if (x.ndim, x.shape[1:2]) != ((5, (10,)) if views == 10 else (4, (3,))):
+        raise ConfigError(f"protocol {protocol!r} got images of shape {tuple(x.shape[1:])}; "
+                          f"build the data set with transform=protocol_transform({protocol!r})")
+    b = x.shape[0]
+    x = x.reshape(-1, *x.shape[-3:]).float().div_(255)
+    return ensemble_probs(
+        [m(n(x)).float().softmax(dim=1).reshape(b, views, -1).mean(1) for m, n in zip(models, normalizers)]
+    )
+
+
 def _collate(batch: list[tuple[Any, int]]) -> tuple[list[torch.Tensor], torch.Tensor] | None:
     """Keep images as a list (multi-scale inputs differ in size); drop unreadable ones."""
     good = [(img, t) for img, t in batch if img is not None]
@@ -207,7 +230,9 @@ def evaluate(
     ``center`` and ``10crop`` run batched; ``multiscale`` one image at a time (every image
     has its own sizes). With several models, their softmax scores are averaged. Models are
     put in eval mode. Returns ``{"top1_err", "top5_err", "n"}``; errors summed over ranks when
-    torch.distributed is initialised (give each rank a non-overlapping `sampler`).
+    torch.distributed is initialised: give each rank a non-overlapping, *unpadded* `sampler`
+    (e.g. ``range(rank, len(dataset), world_size)``; uneven shards are fine because the only
+    collective is the final sum).
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown test protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
@@ -241,16 +266,10 @@ def evaluate(
             probs = ensemble_probs([multiscale_scores(m, n, img, scales, flip) for m, n in zip(model_list, norm_list)])
             acc.update(probs[None], targets)
             continue
+        if len({tuple(i.shape) for i in images}) > 1:
+            raise ConfigError(f"protocol {protocol!r} got images of different sizes; "
+                              f"build the data set with transform=protocol_transform({protocol!r})")
         x = torch.stack(images).to(device, non_blocking=True)
-        views = 10 if protocol == "10crop" else 1
-        if (protocol == "10crop") != (x.ndim == 5 and x.shape[1] == 10):
-            raise ConfigError(f"{protocol} got images of shape {tuple(x.shape[1:])}; "
-                              f"use protocol_transform({protocol!r})")
-        x = x.reshape(-1, *x.shape[-3:]).float().div_(255)
-        probs = ensemble_probs(
-            [m(n(x)).float().softmax(dim=1).reshape(targets.shape[0], views, -1).mean(1)
-             for m, n in zip(model_list, norm_list)]
-        )
-        acc.update(probs, targets)
+        acc.update(batch_probs(model_list, norm_list, x, protocol), targets)
     acc.all_reduce()
     return acc.compute()

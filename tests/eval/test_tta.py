@@ -1,0 +1,163 @@
+"""Test-time protocols: 10-crop geometry, multi-scale fully-convolutional scores, ensembles, evaluate()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from resnets.data.imagenet import ImageFolder
+from resnets.errors import ConfigError
+from resnets.eval.tta import (
+    TenCrop,
+    batch_probs,
+    ensemble_probs,
+    evaluate,
+    multiscale_scores,
+    protocol_transform,
+    ten_crop,
+    ten_crop_boxes,
+)
+
+
+class TinyNet(nn.Module):
+    """Conv -> global average pool -> fc: like ResNet's head, valid at any input size."""
+
+    def __init__(self, num_classes: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.avgpool(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+class ColourNet(nn.Module):
+    """Predicts the dominant colour channel (class 0 = red, 1 = green, 2 = blue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 20 * self.pool(x).flatten(1)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def test_ten_crop_boxes_coordinates() -> None:
+    boxes = ten_crop_boxes(256, 341, 224)
+    five = [(0, 0), (0, 117), (32, 0), (32, 117), (16, 58)]  # round(117 / 2) = 58 (half to even)
+    assert boxes == [(t, l, False) for t, l in five] + [(t, l, True) for t, l in five]
+    assert ten_crop_boxes(224, 224, 224) == [(0, 0, False)] * 5 + [(0, 0, True)] * 5
+    with pytest.raises(ValueError):
+        ten_crop_boxes(200, 300, 224)
+
+
+def test_ten_crop_views_match_boxes_and_flips() -> None:
+    img = torch.arange(3 * 7 * 9).reshape(3, 7, 9)
+    views = ten_crop(img, 5)
+    assert views.shape == (10, 3, 5, 5)
+    for v, (t, l, flipped) in zip(views, ten_crop_boxes(7, 9, 5)):
+        ref = img[:, t : t + 5, l : l + 5]
+        assert torch.equal(v, ref.flip(-1) if flipped else ref)
+    # The transform resizes the shorter side first.
+    out = TenCrop(resize=20, crop=16)(Image.new("RGB", (40, 30), (1, 2, 3)))
+    assert out.shape == (10, 3, 16, 16) and out.dtype == torch.uint8 and int(out[:, 2].max()) == 3
+
+
+def test_multiscale_equals_manual_average() -> None:
+    model = TinyNet().eval()
+    torch.manual_seed(1)
+    img = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
+    norm = lambda x: (x - 0.5) / 0.25  # noqa: E731
+    got = multiscale_scores(model, norm, img, scales=(10, 15, 30), flip=True)
+
+    x = img[None].float() / 255
+    sizes = [(10, 13), (15, 20), (30, 40)]  # shorter side -> scale, aspect kept (40 * 10 / 30 = 13.3)
+    probs = []
+    with torch.no_grad():
+        for size in sizes:
+            xs = x if size == (30, 40) else F.interpolate(x, size=size, mode="bilinear", antialias=True)
+            for view in (xs, xs.flip(-1)):
+                probs.append(model(norm(view)).softmax(1)[0])
+    expected = torch.stack(probs).mean(0)
+    assert got.shape == (4,)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert abs(float(got.sum()) - 1) < 1e-5
+    # Without flips only the three unflipped views count.
+    no_flip = multiscale_scores(model, norm, img, scales=(10, 15, 30), flip=False)
+    torch.testing.assert_close(no_flip, torch.stack(probs[::2]).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_multiscale_with_per_pixel_mean_normalize() -> None:
+    from resnets.models.normalize import Normalize
+
+    mean = torch.rand(3, 8, 8)
+    norm = Normalize(mean)
+    model = TinyNet().eval()
+    img = torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8)
+    probs = multiscale_scores(model, norm, img, scales=(8, 12, 16))
+    assert probs.shape == (4,) and torch.isfinite(probs).all()
+
+
+def test_ensemble_and_batch_probs() -> None:
+    a, b = torch.tensor([[0.7, 0.3], [0.2, 0.8]]), torch.tensor([[0.1, 0.9], [0.6, 0.4]])
+    torch.testing.assert_close(ensemble_probs([a, b]), torch.tensor([[0.4, 0.6], [0.4, 0.6]]))
+    with pytest.raises(ValueError):
+        ensemble_probs([])
+
+    m1, m2 = TinyNet(seed=1).eval(), TinyNet(seed=2).eval()
+    x = torch.randint(0, 256, (2, 10, 3, 8, 8), dtype=torch.uint8)
+    got = batch_probs([m1, m2], [identity, identity], x, "10crop")
+    with torch.no_grad():
+        flat = x.reshape(20, 3, 8, 8).float() / 255
+        per_model = [m(flat).softmax(1).reshape(2, 10, 4).mean(1) for m in (m1, m2)]
+    torch.testing.assert_close(got, (per_model[0] + per_model[1]) / 2)
+    with pytest.raises(ConfigError, match="protocol_transform"):
+        batch_probs([m1], [identity], x[:, 0], "10crop")
+
+
+def _colour_tree(root: Path) -> Path:
+    """3 classes (red/green/blue images); 2 of the 9 'blue' files are mislabelled as red."""
+    colours = {"0_red": (220, 10, 10), "1_green": (10, 220, 10), "2_blue": (10, 10, 220)}
+    for name, c in colours.items():
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24 + 4 * i, 20), c).save(root / name / f"{i}.png")
+    for i in range(2):
+        Image.new("RGB", (22, 20), colours["2_blue"]).save(root / "0_red" / f"wrong{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("protocol", ["center", "10crop", "multiscale"])
+def test_evaluate_protocols_on_image_folder(tmp_path: Path, protocol: str) -> None:
+    root = _colour_tree(tmp_path / "val")
+    ds = ImageFolder(root, protocol_transform(protocol, resize=20, crop=16, scales=(16, 24)), cache=False)
+    result = evaluate(ColourNet(), identity, ds, protocol, batch_size=4, scales=(16, 24))
+    assert result["n"] == 11
+    assert result["top1_err"] == pytest.approx(100 * 2 / 11)
+    assert result["top5_err"] == 0.0  # top-min(5, 3) = top-3 always contains the target
+
+    ens = evaluate([ColourNet(), ColourNet()], [identity, identity], ds, protocol, batch_size=4, scales=(16, 24))
+    assert ens == result
+
+
+def test_evaluate_rejects_mismatched_protocol(tmp_path: Path) -> None:
+    root = _colour_tree(tmp_path / "val")
+    ds = ImageFolder(root, protocol_transform("center", resize=20, crop=16), cache=False)
+    with pytest.raises(ConfigError, match="10crop"):
+        evaluate(ColourNet(), identity, ds, "10crop", batch_size=4)
+    with pytest.raises(ConfigError, match="unknown test protocol"):
+        evaluate(ColourNet(), identity, ds, "5crop", batch_size=4)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="normalizers"):
+        evaluate([ColourNet(), ColourNet()], [identity], ds, "center")
