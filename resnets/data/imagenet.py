@@ -274,10 +274,15 @@ class ImageFolder(torch.utils.data.Dataset):
             )
         paths = [f"{c}/{f}" for c, fs in zip(folder_classes, files) for f in fs]
         targets = [self.class_to_idx[c] for c, fs in zip(folder_classes, files) for _ in fs]
-        self._paths = np.array([p.encode("utf-8", "surrogateescape") for p in paths], dtype=np.bytes_)
+        try:  # ASCII names (all of ImageNet): NumPy encodes 1.28M paths in ~0.2 s
+            self._paths = np.array(paths, dtype=np.bytes_)
+        except UnicodeEncodeError:
+            self._paths = np.array([p.encode("utf-8", "surrogateescape") for p in paths], dtype=np.bytes_)
         self.targets = np.array(targets, dtype=np.int64)
-        # A shared-memory counter: workers increment it, the main process reads it.
-        self._bad = multiprocessing.Value("q", 0)
+        # A shared-memory counter: workers increment it, the main process reads it. Made in
+        # the "spawn" context because such a lock can be handed to fork, forkserver and spawn
+        # workers alike (a fork-context lock cannot be pickled into spawned workers).
+        self._bad = multiprocessing.get_context("spawn").Value("q", 0)
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,15 +60,6 @@ IMAGENET_PCA_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-Box = tuple[float, float, float, float]  # (left, upper, right, lower) in source pixels
-
-
-class Transform(Protocol):
-    """A per-sample transform: PIL image (RGB) -> uint8 CHW tensor or PIL image."""
-
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image | torch.Tensor: ...
-
 
 def _rng(rng: random.Random | None) -> random.Random:
     # The module `random` exposes the global Random's methods; DataLoader seeds it per worker.

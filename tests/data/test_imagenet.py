@@ -240,3 +240,12 @@ def test_dataloader_workers_decode_and_augment(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=skip_bad_collate)
     xs = torch.cat([b[0] for b in loader])
     assert xs.shape == (8, 3, 16, 16) and xs.dtype == torch.uint8
+
+
+def test_non_ascii_file_names(tmp_path: Path) -> None:
+    root = tmp_path / "train"
+    (root / "café").mkdir(parents=True)
+    Image.fromarray(_rgb()).save(root / "café" / "naïve.png")
+    ds = ImageFolder(root, cache_dir=tmp_path / "idx")
+    assert ds.path(0).endswith("café/naïve.png") and ds[0][0].shape == (3, 20, 24)
+    assert ImageFolder(root, cache_dir=tmp_path / "idx").index_from_cache
