@@ -1,0 +1,240 @@
+"""`DetectionConfig`: every knob of the Faster R-CNN detector of Appendix A-C.
+
+Defaults follow the paper's Appendix A (Faster R-CNN on a ResNet conv4 "C4"
+backbone, BN frozen, conv1/res2 frozen, 14x14 RoI features into res5) and the
+Faster R-CNN paper it builds on (anchors, sampling, NMS thresholds). The config is
+a plain dataclass; ``to_dict``/``from_dict`` round-trip it through YAML for the run
+directory's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from resnets.errors import ConfigError
+
+__all__ = ["DetectionConfig", "load_config"]
+
+
+@dataclass
+class DetectionConfig:
+    # ----------------------------------------------------------------- backbone
+    arch: str = "resnet50"
+    """Backbone name for `resnets.models.create_model` (paper: resnet50 / resnet101)."""
+    backbone_weights: str | None = None
+    """ImageNet-trained weights file for the backbone (resnets safetensors or .pt); None = random init."""
+    freeze_stem_and_res2: bool = True
+    """Appendix A: conv1 and conv2_x (`layer1`) are not fine-tuned (requires_grad False)."""
+    freeze_bn: bool = True
+    """Appendix A: BN statistics and affine parameters are fixed (FrozenBatchNorm2d)."""
+    num_classes: int = 20
+    """Object classes, background excluded (VOC: 20, COCO: 80)."""
+    class_names: list[str] | None = None
+    """Names of classes 1..num_classes (index 0 is background); filled from the data set."""
+
+    # ------------------------------------------------------------------- input
+    min_size: int = 600
+    """Shorter image side after resizing (Appendix A: 600)."""
+    max_size: int = 1000
+    """Cap on the longer side after resizing (Appendix A: 1000)."""
+    hflip: bool = True
+    """Training augmentation: horizontal flip with probability 0.5 (Faster R-CNN)."""
+
+    # --------------------------------------------------------------------- RPN
+    anchor_sizes: tuple[float, ...] = (128.0, 256.0, 512.0)
+    """Anchor side lengths in input pixels (3 scales, Faster R-CNN)."""
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    """Anchor aspect ratios height/width (3 ratios)."""
+    rpn_channels: int | None = None
+    """Channels of the RPN's 3x3 conv; None = the conv4 feature channels."""
+    rpn_batch_size_per_image: int = 256
+    """Anchors sampled per image for the RPN loss."""
+    rpn_positive_fraction: float = 0.5
+    """Fraction of positives among sampled anchors (1:1)."""
+    rpn_fg_iou: float = 0.7
+    """Anchor IoU with a ground-truth box at or above which the anchor is positive."""
+    rpn_bg_iou: float = 0.3
+    """Anchor max IoU below which the anchor is negative."""
+    rpn_nms: float = 0.7
+    """NMS IoU threshold on proposals."""
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_test: int = 300
+    """Proposals kept per image before/after NMS, in training and at test time (Faster R-CNN)."""
+    rpn_min_box_size: float = 1e-3
+    """Proposals smaller than this (input pixels) are discarded."""
+    rpn_per_class: bool = False
+    """Appendix C: per-class RPN (one objectness and box regressor per class and anchor)."""
+
+    # -------------------------------------------------------------------- head
+    roi_op: Literal["align", "pool"] = "align"
+    """RoI feature extraction on conv4: RoI Align (bilinear) or the paper's RoI max pooling."""
+    pooled_size: int = 14
+    """RoI output size (Appendix A: 14x14, then res5 halves it to 7x7)."""
+    sampling_ratio: int = 0
+    """RoI Align samples per bin and axis; <= 0: adaptive ceil(roi/bin)."""
+    roi_batch_size_per_image: int = 512
+    """RoIs sampled per image for the Fast R-CNN loss (task spec: 512)."""
+    roi_positive_fraction: float = 0.25
+    """Fraction of foreground RoIs (25%)."""
+    roi_fg_iou: float = 0.5
+    """RoIs with IoU >= this to a ground-truth box are foreground."""
+    roi_bg_iou_low: float = 0.1
+    """Background RoIs have max IoU in [roi_bg_iou_low, roi_fg_iou) (Fast R-CNN: [0.1, 0.5))."""
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    """Scale of the (dx, dy, dw, dh) regression targets of the head (RPN uses 1s)."""
+    score_threshold: float = 0.05
+    """Detections scoring below this are dropped before NMS."""
+    nms: float = 0.3
+    """Per-class NMS IoU threshold at inference (Appendix A/B: 0.3)."""
+    detections_per_image: int = 100
+    """Top detections kept per image."""
+
+    # ------------------------------------------------- Appendix B improvements
+    box_refinement: bool = False
+    """Re-pool the regressed boxes, union with the first pass, NMS, then box voting (Appendix B)."""
+    box_voting_iou: float = 0.5
+    """Box voting: score-weighted average of same-class boxes with IoU >= this."""
+    global_context: bool = False
+    """Concatenate a whole-image RoI feature to every RoI feature (Appendix B)."""
+    test_scales: tuple[int, ...] = ()
+    """Multi-scale testing: shorter sides of the image pyramid (paper: 200..1000); () = single scale.
+    Each RoI is pooled at the two adjacent scales whose RoI area is nearest 224x224 and merged by maxout."""
+
+    # ---------------------------------------------------------------- training
+    batch_size: int = 2
+    """Images per iteration."""
+    iterations: int = 20000
+    """Training iterations (the budget; progress is counted in iterations, never in seconds)."""
+    lr: float = 0.001
+    """Base learning rate (Appendix A: 0.001, then 0.0001)."""
+    lr_steps: tuple[int, ...] = (15000,)
+    """Iterations at which the learning rate is multiplied by `lr_gamma`."""
+    lr_gamma: float = 0.1
+    warmup_iterations: int = 0
+    """Linear warm-up from lr/10 over this many iterations (0: none)."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:N"."""
+    log_every: int = 20
+    """Iterations between metrics.jsonl lines."""
+    checkpoint_every: int = 500
+    """Iterations between checkpoints/last.pt writes (always also at the end)."""
+
+    # --------------------------------------------------------------- evaluation
+    voc07_metric: bool = False
+    """VOC mAP with the 11-point interpolated AP of VOC2007 instead of the area under the curve."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "DetectionConfig":
+        """Build and validate a config; unknown keys or wrong types raise ConfigError naming them."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"{source}: unknown detection option(s) {unknown}; known: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+        cfg = cls(**kwargs)
+        cfg.validate(source)
+        return cfg
+
+    def replace(self, **changes: Any) -> "DetectionConfig":
+        merged = self.to_dict()
+        merged.update(changes)
+        return DetectionConfig.from_dict(merged)
+
+    def validate(self, source: str = "config") -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: {msg}")
+
+        need(self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}")
+        need(0 < self.min_size <= self.max_size, f"need 0 < min_size <= max_size, got {self.min_size}, {self.max_size}")
+        need(len(self.anchor_sizes) > 0 and all(s > 0 for s in self.anchor_sizes), "anchor_sizes must be positive")
+        need(len(self.anchor_ratios) > 0 and all(r > 0 for r in self.anchor_ratios), "anchor_ratios must be positive")
+        for name in ("rpn_positive_fraction", "roi_positive_fraction", "rpn_nms", "nms", "box_voting_iou"):
+            v = getattr(self, name)
+            need(0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}")
+        need(self.rpn_bg_iou <= self.rpn_fg_iou, "rpn_bg_iou must be <= rpn_fg_iou")
+        need(0.0 <= self.roi_bg_iou_low <= self.roi_fg_iou, "need 0 <= roi_bg_iou_low <= roi_fg_iou")
+        need(self.roi_op in ("align", "pool"), f"roi_op must be 'align' or 'pool', got {self.roi_op!r}")
+        need(self.pooled_size >= 1, "pooled_size must be >= 1")
+        need(self.batch_size >= 1 and self.iterations >= 0, "batch_size must be >= 1 and iterations >= 0")
+        need(all(s > 0 for s in self.test_scales), "test_scales must be positive")
+        need(self.class_names is None or len(self.class_names) == self.num_classes,
+             f"class_names has {len(self.class_names or [])} names but num_classes is {self.num_classes}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert a YAML value against a field's type hint (tuples arrive as lists)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ConfigError(f"{where} must not be null")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a {hint}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
+    """Read a YAML file of DetectionConfig fields (optionally under a top-level `detection:` key)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of detection options")
+    data = dict(data.get("detection", data))
+    data.update(overrides or {})
+    return DetectionConfig.from_dict(data, source=str(p))
