@@ -1,0 +1,105 @@
+"""The `resnets` command line: one argparse parser, one subcommand per job.
+
+Each subcommand module exposes `add_parser(subparsers)`; its parser's `func` runs it.
+Errors caused by user input (`ResnetsError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import __version__
+from .errors import ResnetsError
+
+
+# --- resnets models ----------------------------------------------------------------------
+
+def model_rows() -> list[dict]:
+    """One row per listed model: depth, shortcut, params and multiply-adds at its natural size."""
+    from .models import count_flops, count_params, create_model, model_spec, list_models
+
+    rows = []
+    for name in list_models():
+        spec = model_spec(name)
+        # The meta device builds even ResNet-1202 without allocating or initialising weights.
+        with torch.device("meta"):
+            model = create_model(name)
+        rows.append({
+            "name": name, "family": spec.family, "depth": spec.depth,
+            "shortcut": spec.default_shortcut or "none", "params": count_params(model),
+            "input_size": spec.input_size, "gflops": count_flops(model, spec.input_size) / 1e9,
+        })
+    return rows
+
+
+def run_models(args: argparse.Namespace) -> int:
+    if args.table1:
+        from .analysis.tables import architecture_tables
+
+        print(architecture_tables())
+        return 0
+    rows = model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = f"{'model':<20}{'family':<10}{'depth':>6}  {'shortcut':<9}{'params':>14}{'input':>7}{'GFLOPs':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['name']:<20}{r['family']:<10}{r['depth']:>6}  {r['shortcut']:<9}{r['params']:>14,}"
+              f"{r['input_size']:>7}{r['gflops']:>9.3f}")
+    print("\nGFLOPs = multiply-adds (the paper's 'FLOPs', Table 1) for one image at the given input size;"
+          "\nImageNet bottlenecks use the paper's stride placement (stride in the first 1x1).")
+    return 0
+
+
+def add_models_parser(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list every network with its parameters and multiply-adds",
+                              description="List every network of the paper: depth, default shortcut option, "
+                                          "parameters and multiply-adds at its natural input size.")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--table1", action="store_true",
+                   help="print the paper's Table 1 (ImageNet architectures) and the CIFAR architecture table")
+    p.set_defaults(func=run_models)
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnets",
+        description="Deep Residual Learning for Image Recognition (He et al. 2015): "
+                    "models, training, evaluation, analyses and detection.")
+    parser.add_argument("--version", action="version", version=f"resnets {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_models_parser(subparsers)
+    from .train import cli as train_cli
+    from .eval import cli as eval_cli
+
+    train_cli.add_parser(subparsers)
+    eval_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ResnetsError as e:
+        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnets {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

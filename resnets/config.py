@@ -1,0 +1,312 @@
+"""The one configuration object: typed dataclasses, each field documented.
+
+It flows CLI -> data -> model -> trainer -> run directory -> reports. Values are resolved
+in this order, later winning: the preset's defaults (`cifar-paper`, `imagenet-paper`),
+a YAML file (`--config FILE`), then explicit CLI flags. The resolved config is written to
+`RUN_DIR/config.yaml`, and that file alone reproduces the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cifar_resnet20"
+    """A name from `resnets models`: resnet18..152, plain18..152, cifar_resnet{6n+2}, cifar_plain{6n+2}."""
+    num_classes: int | None = None
+    """Classifier outputs; None takes the data set's class count."""
+    shortcut: Literal["A", "B", "C"] | None = None
+    """Table 3's shortcut option; None: the paper's default (B for ImageNet nets, A for CIFAR nets)."""
+    stride_in_1x1: bool = True
+    """Bottleneck stride in the first 1x1 as the paper (True) or in the 3x3, "v1.5" (False)."""
+    zero_init_residual: bool = False
+    """Start each residual branch's last BN scale at zero (not in the paper; Goyal et al. 2017)."""
+    normalization: Literal["per_pixel_mean", "channel_mean_std", "none"] = "per_pixel_mean"
+    """Input normalisation: the paper's per-pixel mean image (Sec. 3.4, 4.2), torchvision's
+    per-channel mean/std (for weights trained that way), or none."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar10", "imagenet"] = "cifar10"
+    """Which data set family the data path holds."""
+    path: str | None = None
+    """CIFAR-10: a cifar-10-batches-py folder, the cifar-10-python.tar.gz archive, or a class-folder
+    tree (ROOT/train/<class>/*.jpg). ImageNet: a tree ROOT/train/<wnid>/*.JPEG, ROOT/val/<wnid>/..."""
+    download: bool = False
+    """CIFAR-10 only: fetch the official archive into `cache_dir` (md5-checked) when `path` is unset."""
+    cache_dir: str | None = None
+    """Where downloads and decoded-array / file-index caches go (default ~/.cache/resnets)."""
+    val_size: int = 5000
+    """Images held out of the training set for validation (the paper's 45k/5k split, Sec. 4.2)."""
+    split_seed: int = 0
+    """Seed choosing which images are held out; fixed so every run validates on the same ones."""
+    augment: Literal["paper", "randomresizedcrop", "none"] = "paper"
+    """The paper's augmentation (CIFAR: pad 4, crop 32, flip; ImageNet: scale [256, 480], crop 224,
+    flip, PCA colour), the common RandomResizedCrop preset (ImageNet), or none."""
+    workers: int = 4
+    """DataLoader worker processes for decoding (ImageNet); CIFAR is decoded once, held in memory."""
+    skip_bad_images: bool = False
+    """Log, count and skip unreadable images instead of stopping (ImageNet)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    """Initial learning rate (Sec. 3.4, 4.2)."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    """Global mini-batch size (CIFAR 128, ImageNet 256). Split across processes under DDP."""
+    iters: int = 64000
+    """Training iterations ("terminate training at 64k iterations", Sec. 4.2)."""
+    schedule: Literal["step", "plateau"] = "step"
+    """"step": divide by 10 at `milestones`; "plateau": divide by 10 when validation error stops
+    improving for `plateau_patience` evaluations (ImageNet, Sec. 3.4)."""
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    """Iterations at which the learning rate is divided by 10 (Sec. 4.2: 32k and 48k)."""
+    gamma: float = 0.1
+    plateau_patience: int = 3
+    """Evaluations without improvement before the lr is divided (schedule "plateau")."""
+    min_lr: float = 1e-5
+    """Stop dividing below this (schedule "plateau")."""
+    warmup: Literal["auto", "on", "off"] = "auto"
+    """The ResNet-110 warm-up of Sec. 4.2: lr `warmup_lr` until the training error falls below
+    `warmup_until_error`; "auto" turns it on for depth >= 110."""
+    warmup_lr: float = 0.01
+    warmup_until_error: float = 0.80
+    """Training error (fraction) below which the warm-up ends (Sec. 4.2: 80%, ~400 iterations)."""
+    warmup_max_iters: int = 5000
+    """Safety net: the warm-up ends here even if the error never drops."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; written resolved to RUN_DIR/config.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    preset: Literal["cifar-paper", "imagenet-paper"] = "cifar-paper"
+    """Which paper recipe the defaults came from."""
+    out: str = "runs/default"
+    """The run directory."""
+    seed: int = 0
+    """Seeds initialisation, data order and augmentation; a resumed run continues the same streams."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """"auto": bf16 autocast where the hardware has fast bf16 (CUDA, CPUs with AMX), else fp32."""
+    channels_last: bool = True
+    """NHWC memory format: faster convolutions with oneDNN and cuDNN."""
+    compile: bool = False
+    """torch.compile the model (longer start-up, faster steps on GPU)."""
+    eval_every: int = 2000
+    """Validate every N iterations (and at the end)."""
+    log_every: int = 100
+    """Write a metrics line every N iterations."""
+    checkpoint_every: int = 2000
+    """Write checkpoints/last.pt every N iterations (and at each evaluation and at the end)."""
+    sync_bn: bool = False
+    """Under DDP, synchronise BN statistics across processes (the paper's BN is per-GPU)."""
+    tensorboard: bool = True
+    """Also log to RUN_DIR/tensorboard when the tensorboard package is installed."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Sec. 4.2: batch 128, lr 0.1, /10 at 32k and 48k, stop at 64k, 45k/5k split.
+    "cifar-paper": {"data": {"dataset": "cifar10"},
+                    "optim": {"lr": 0.1, "batch_size": 128, "iters": 64000, "schedule": "step",
+                              "milestones": [32000, 48000]}},
+    # Sec. 3.4: batch 256, lr 0.1, /10 when the error plateaus, up to 60e4 iterations.
+    "imagenet-paper": {"data": {"dataset": "imagenet"},
+                       "model": {"name": "resnet50"},
+                       "optim": {"lr": 0.1, "batch_size": 256, "iters": 600000, "schedule": "plateau",
+                                 "milestones": [150000, 300000, 450000]},
+                       "eval_every": 5000, "checkpoint_every": 5000, "log_every": 100},
+}
+
+
+# --- typed conversion -----------------------------------------------------------------
+
+def _check_value(key: str, tp: Any, value: Any) -> Any:
+    """Convert/validate `value` against annotation `tp`; ConfigError names the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, arg, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # CLI form: "32000,48000"
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_describe(item_tp)}, got {value!r}")
+        return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # YAML writes 64e3 as a float
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                f = None
+            if f is not None and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _update(obj: Any, values: Mapping[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping onto dataclass `obj` in place, checking keys and types."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _update(current, value, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _check_value(path, hints[key], value))
+
+
+def set_dotted(config: Any, dotted: Mapping[str, Any]) -> None:
+    """Apply {"optim.lr": 0.05, ...} (CLI overrides) onto `config`."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    _update(config, nested)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top level")
+    return data
+
+
+def resolve_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                   preset: str | None = None) -> TrainConfig:
+    """Preset defaults, then a YAML file, then dotted CLI overrides."""
+    file_values = load_yaml(file) if file else {}
+    overrides = dict(overrides or {})
+    preset = overrides.pop("preset", None) or preset or file_values.get("preset")
+    if preset is None:
+        dataset = overrides.get("data.dataset") or file_values.get("data", {}).get("dataset", "cifar10")
+        preset = "imagenet-paper" if dataset == "imagenet" else "cifar-paper"
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: expected one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
+    config = TrainConfig()
+    config.preset = preset
+    _update(config, PRESETS[preset])
+    try:
+        _update(config, file_values)
+    except ConfigError as e:
+        raise ConfigError(f"{file}: {e}") from None
+    set_dotted(config, overrides)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from its dict form (config.yaml, a checkpoint)."""
+    config = TrainConfig()
+    _update(config, values)
+    return config
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    from .models.weights import atomic_write
+
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings (the string literal after each field), for --help and docs."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[attr-defined]
+    return docs

@@ -1,0 +1,62 @@
+"""Input normalisation, kept with the model so a trained network is self-contained.
+
+The paper subtracts the per-pixel mean of the training images (Sec. 3.4, Sec. 4.2) and
+nothing else; torchvision-trained weights expect per-channel mean/std instead. Both are
+one `Normalize`: `mean` is a (3, H, W) mean image or a (3, 1, 1) channel mean, `std` is
+(3, 1, 1). Images come in as uint8 0..255 (or float in [0, 1]) and leave as
+`(x / 255 - mean) / std`.
+
+The buffers are non-persistent: `ResNet.state_dict()` stays exactly torchvision's, and the
+weights file stores the normalisation beside the network (see `resnets.models.weights`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# torchvision's ImageNet statistics, for weights trained with them.
+IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_CHANNEL_STD = (0.229, 0.224, 0.225)
+
+NormalizationKind = Literal["per_pixel_mean", "channel_mean_std", "none"]
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: Tensor, std: Tensor | float = 1.0) -> None:
+        super().__init__()
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        if mean.dim() == 1:
+            mean = mean.view(-1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        if mean.dim() != 3 or mean.shape[0] != 3 or std.numel() not in (1, 3):
+            raise ValueError(f"mean must be (3,), (3,1,1) or (3,H,W) and std 1 or 3 values; got {tuple(mean.shape)}, {tuple(std.shape)}")
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std.expand(3, 1, 1).clone(), persistent=False)
+
+    @classmethod
+    def channel(cls, mean=IMAGENET_CHANNEL_MEAN, std=IMAGENET_CHANNEL_STD) -> "Normalize":
+        return cls(torch.tensor(mean), torch.tensor(std))
+
+    @property
+    def kind(self) -> NormalizationKind:
+        if self.mean.shape[1:] != (1, 1):
+            return "per_pixel_mean"
+        if torch.all(self.mean == 0) and torch.all(self.std == 1):
+            return "none"
+        return "channel_mean_std"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        mean = self.mean
+        if mean.shape[1:] != (1, 1) and mean.shape[1:] != x.shape[-2:]:
+            # Fully-convolutional testing at other scales (Sec. 3.4): resize the mean image.
+            mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
+        return (x - mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, mean_shape={tuple(self.mean.shape)}"

@@ -1,0 +1,255 @@
+"""The training engine: one loop for CIFAR-10 and ImageNet, one process or many.
+
+Recipe (Sec. 3.4, 4.2): SGD, momentum 0.9, weight decay 1e-4, BN after every conv, He
+init, no dropout, cross-entropy on the softmax. The loop is written out in full, with no
+hooks or callbacks, so what happens at each iteration reads top to bottom:
+
+    lr for this step -> forward under autocast -> loss -> backward -> SGD step
+    every log_every:   one host sync, non-finite check, a metrics line
+    every eval_every:  validation, the plateau schedule
+    every checkpoint_every (and at eval and at the end): checkpoints/last.pt
+
+Statistics accumulate on the device between log points so the GPU is never stalled by
+a per-step `.item()`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import TrainConfig, save_yaml, to_dict
+from ..errors import ConfigError, TrainingDiverged
+from ..eval.metrics import TopKAccumulator
+from ..models import Normalize, create_model, model_spec, save_weights
+from .checkpoint import check_resume_compatible, checkpoint_dir, load_resume_checkpoint, save_checkpoint
+from .data import RunData, build_run_data
+from .metrics_log import MetricsLog
+from .runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
+from .schedule import LrSchedule
+
+WARMUP_CHECK_EVERY = 10  # iterations between warm-up checks (Sec. 4.2: warm-up lasts ~400)
+
+
+def make_normalize(kind: str, mean_image: Tensor) -> Normalize | None:
+    if kind == "per_pixel_mean":
+        return Normalize(mean_image)
+    if kind == "channel_mean_std":
+        return Normalize.channel()
+    return None
+
+
+def build_model(config: TrainConfig, num_classes: int, mean_image: Tensor) -> nn.Module:
+    m = config.model
+    try:
+        model = create_model(m.name, num_classes=m.num_classes or num_classes, shortcut=m.shortcut,
+                             stride_in_1x1=m.stride_in_1x1, zero_init_residual=m.zero_init_residual)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    model.input_norm = make_normalize(m.normalization, mean_image)
+    return model
+
+
+def model_config_dict(config: TrainConfig, num_classes: int, classes: list[str]) -> dict[str, Any]:
+    """What a weights file needs to rebuild the network (stored in its metadata)."""
+    spec = model_spec(config.model.name)
+    return {"name": config.model.name, "num_classes": config.model.num_classes or num_classes,
+            "shortcut": config.model.shortcut or spec.default_shortcut, "stride_in_1x1": config.model.stride_in_1x1,
+            "normalization": config.model.normalization, "classes": classes}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, runtime: Runtime) -> dict[str, float]:
+    """Top-1/top-5 error (%) and mean loss over this process's batches, summed over processes."""
+    was_training = model.training
+    model.eval()
+    acc = TopKAccumulator((1, 5), device=runtime.device)
+    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    for x, y in batches:
+        x = x.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        acc.update(logits, y)
+    if runtime.distributed:
+        dist.all_reduce(loss_sum)
+    acc.all_reduce()
+    model.train(was_training)
+    result = acc.compute()
+    result["loss"] = float(loss_sum) / max(result["n"], 1)
+    return result
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the training run `config` describes; returns the final summary."""
+    runtime = setup_runtime(config.device, config.precision)
+    try:
+        return _train(config, runtime, resume)
+    finally:
+        shutdown_runtime(runtime)
+
+
+def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
+    run_dir = Path(config.out)
+    checkpoint = None
+    if resume:
+        checkpoint = load_resume_checkpoint(run_dir)
+        check_resume_compatible(checkpoint["config"], to_dict(config))
+    elif (checkpoint_dir(run_dir) / "last.pt").exists():
+        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if config.optim.iters < 1:
+        raise ConfigError(f"optim.iters: expected a positive number of iterations, got {config.optim.iters}")
+
+    seed_everything(config.seed)
+    data: RunData = build_run_data(config, rt)
+    model = build_model(config, data.num_classes, data.mean_image)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(rt.device, memory_format=memory_format)
+    # Weight decay on every parameter, BN's included, as in the paper's Caffe solver.
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                weight_decay=config.optim.weight_decay)
+    schedule = LrSchedule.for_model(config.optim, model_spec(config.model.name).depth)
+    step = 0
+    window = torch.zeros(4, device=rt.device, dtype=torch.float64)  # loss sum, errors, images, steps
+    first_bad = torch.zeros((), device=rt.device, dtype=torch.float64)  # first non-finite step + 1 (0: none)
+    warm = torch.zeros(2, device=rt.device, dtype=torch.float64)  # errors, images since the last warm-up check
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        step = int(checkpoint["iteration"])
+        window = checkpoint["window"].to(rt.device)
+        first_bad = checkpoint["first_bad"].to(rt.device)
+        warm = checkpoint["warmup_window"].to(rt.device)
+        set_rng_state(checkpoint["rng"])
+
+    if config.sync_bn and rt.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_model: nn.Module = model
+    if rt.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if config.compile:
+        train_model = torch.compile(train_model)
+
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, run_dir / "config.yaml")
+    log = MetricsLog(run_dir, rt.is_main, config.optim.iters, step if checkpoint is not None else None,
+                     config.tensorboard)
+    if rt.is_main and checkpoint is None:
+        print(f"resnets train: {config.model.name} on {data.description}; {rt.device.type} {rt.precision}, "
+              f"{rt.world_size} process(es), {config.optim.iters} iterations -> {run_dir}", flush=True)
+
+    def save(iteration: int) -> None:
+        if rt.is_main:
+            save_checkpoint(run_dir, {
+                "iteration": iteration, "config": to_dict(config), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "window": window.cpu(), "first_bad": first_bad.cpu(), "warmup_window": warm.cpu(), "rng": rng_state(),
+                "normalize": {"mean": data.mean_image.cpu()},
+            })
+        if rt.distributed:
+            dist.barrier()
+
+    def reduced(t: Tensor) -> Tensor:
+        if rt.distributed:
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    model.train()
+    last_val: dict[str, float] | None = None
+    lr = None
+    t_window, images_window = time.perf_counter(), 0
+    stream = data.train.batches(step)
+    while step < config.optim.iters:
+        x, y = next(stream)
+        x = x.contiguous(memory_format=memory_format)
+        new_lr = schedule.lr_at(step)
+        if new_lr != lr:
+            for group in optimizer.param_groups:
+                group["lr"] = new_lr
+            lr = new_lr
+        with rt.autocast():
+            logits = train_model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        with torch.no_grad():
+            loss_d = loss.detach().double()
+            errors = (logits.detach().argmax(1) != y).sum().double()
+            window[0] += loss_d
+            window[1] += errors
+            window[2] += len(y)
+            window[3] += 1
+            # Remember the first iteration whose loss was not finite, without a host sync.
+            bad = (~torch.isfinite(loss_d)) & (first_bad == 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, step + 1), first_bad)
+            warm[0] += errors
+            warm[1] += len(y)
+        step += 1
+        images_window += len(y) * rt.world_size
+
+        if schedule.warmup_active and step % WARMUP_CHECK_EVERY == 0:
+            w = reduced(warm)
+            warm.zero_()
+            if schedule.observe_train_error(step, 100.0 * float(w[0] / w[1])):
+                log.write({"event": "warmup_end", "iteration": step, "train_error": 100.0 * float(w[0] / w[1])})
+
+        is_last = step == config.optim.iters
+        log_now = step % config.log_every == 0 or is_last
+        eval_now = data.val is not None and (step % config.eval_every == 0 or is_last)
+        save_now = step % config.checkpoint_every == 0 or eval_now or is_last
+        if log_now or eval_now or save_now:
+            # The one host sync of a window: stop before anything diverged is saved or evaluated.
+            bad_step = first_bad.clone()
+            if rt.distributed:
+                dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
+            if bad_step > 0:
+                log.close()
+                raise TrainingDiverged(
+                    f"the training loss became non-finite at iteration {int(bad_step)} (lr {lr:g}); stopping. "
+                    f"The last good checkpoint is kept in {checkpoint_dir(run_dir)}")
+        if log_now:
+            w = reduced(window)
+            elapsed = time.perf_counter() - t_window
+            log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
+                       "lr": lr, "train_loss": float(w[0] / w[3]),
+                       "train_error": 100.0 * float(w[1] / max(w[2], 1)),
+                       "images_per_s": round(images_window / max(elapsed, 1e-9), 1)})
+            window.zero_()
+            t_window, images_window = time.perf_counter(), 0
+
+        if eval_now:
+            last_val = evaluate(model, data.val, rt)
+            log.write({"event": "val", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
+                       "val_error": last_val["top1_err"], "val_top5_error": last_val["top5_err"],
+                       "val_loss": last_val["loss"], "val_images": last_val["n"]})
+            if schedule.observe_val_error(last_val["top1_err"]):
+                log.write({"event": "lr_drop", "iteration": step, "lr": schedule.lr_at(step)})
+            t_window = time.perf_counter()
+        if save_now:
+            save(step)
+
+    summary = {"event": "summary", "iteration": step, "model": config.model.name, "dataset": config.data.dataset,
+               "data": data.description, "val_error": last_val["top1_err"] if last_val else None,
+               "val_top5_error": last_val["top5_err"] if last_val else None,
+               "params": sum(p.numel() for p in model.parameters()), "device": str(rt.device),
+               "precision": rt.precision, "processes": rt.world_size}
+    if rt.is_main:
+        save_weights(run_dir / "model.safetensors", model, model_config_dict(config, data.num_classes, data.classes),
+                     metadata={k: v for k, v in summary.items() if k != "event"})
+        log.write(summary)
+    log.close()
+    return summary
+
