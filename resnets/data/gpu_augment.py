@@ -20,22 +20,44 @@ exactly the paper. `CifarBatches` uses the per-pixel mean by default.
 
 One remaining difference to "subtract, then pad and crop": image content moved
 by (dy, dx) is normalised with the mean at its *output* position, not at its
-source position. The CIFAR-10 mean image is smooth, so this shifts inputs by
-well under 1/255 of a pixel value on average; it is the usual practice of
-augmenting raw pixels and normalising afterwards.
+source position. On the CIFAR-10 training images (JPEG copy, 45k split) the mean
+image changes by 2.7/255 on average over the 81 shifts (4.7/255 for the worst
+shift), against a pixel standard deviation of about 64/255: the usual practice of
+augmenting raw pixels and normalising afterwards, and much closer to the paper
+than black padding, which puts -0.47 (about -120/255) into the padded border.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
+
+
+@functools.lru_cache(maxsize=16)
+def _crop_tables(h: int, w: int, pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Source index and inside-mask, (K, h*w) each, for all K = 2 (2 pad + 1)^2 crops.
+
+    Crop k = (flip * n + dy) * n + dx with n = 2 pad + 1. Precomputing the 162 maps (for
+    pad 4) once turns each batch's index arithmetic into one row lookup.
+    """
+    n = 2 * pad + 1
+    flip, dy, dx = torch.meshgrid(torch.arange(2), torch.arange(n), torch.arange(n), indexing="ij")
+    flip, dy, dx = flip.reshape(-1, 1), dy.reshape(-1, 1), dx.reshape(-1, 1)
+    rows = torch.arange(h).unsqueeze(0) + dy - pad  # (K, H): source row of output row u
+    cols = torch.arange(w).unsqueeze(0)
+    cols = torch.where(flip.bool(), (w - 1) - cols, cols) + dx - pad  # (K, W): source column of output column v
+    inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)
+    index = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)
+    return index.reshape(-1, h * w).to(device), inside.reshape(-1, h * w).to(device)
 
 
 def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = 4, pad_value: float | Tensor = 0) -> Tensor:
     """Deterministic pad + crop + horizontal flip of a batch.
 
     Args:
-        x: (B, C, H, W) images, any dtype, any device.
+        x: (B, C, H, W) images, any dtype (finite values), any device.
         dy, dx: (B,) integer offsets in [0, 2*pad]: the crop's top-left corner in the padded image.
         flip: (B,) bool, flip the crop horizontally.
         pad: padding on each side.
@@ -47,18 +69,18 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = 4, pad
     """
     b, c, h, w = x.shape
     device = x.device
-    rows = torch.arange(h, device=device).unsqueeze(0) + (dy.to(device).long() - pad).unsqueeze(1)  # (B, H)
-    cols = torch.arange(w, device=device).unsqueeze(0)
-    cols = torch.where(flip.to(device).bool().unsqueeze(1), (w - 1) - cols, cols)
-    cols = cols + (dx.to(device).long() - pad).unsqueeze(1)  # (B, W)
-    inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)  # (B, H, W)
-    index = rows.clamp(0, h - 1).unsqueeze(2) * w + cols.clamp(0, w - 1).unsqueeze(1)  # (B, H, W)
-    out = x.reshape(b, c, h * w).gather(2, index.reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
+    index_table, inside_table = _crop_tables(h, w, pad, device)
+    n = 2 * pad + 1
+    k = (flip.to(device).long() * n + dy.to(device).long()) * n + dx.to(device).long()
+    index, inside = index_table[k], inside_table[k].view(b, 1, h, w)  # (B, H*W) each
+    out = x.reshape(b, c, h * w).gather(2, index.unsqueeze(1).expand(b, c, h * w)).view(b, c, h, w)
     if isinstance(pad_value, Tensor):
         fill = _as_dtype(pad_value, x).to(device).expand(c, h, w)
     else:
         fill = torch.tensor(pad_value, dtype=x.dtype, device=device)
-    return torch.where(inside.unsqueeze(1), out, fill)
+    # Multiply-add instead of torch.where: one term is always zero, and it is several
+    # times faster for uint8 on the CPU.
+    return out * inside + fill * ~inside
 
 
 def _as_dtype(value: Tensor, like: Tensor) -> Tensor:
