@@ -131,6 +131,9 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         set_rng_state(checkpoint["rng"])
 
     if config.sync_bn and rt.distributed:
+        if rt.device.type == "cpu":
+            # PyTorch's SyncBatchNorm runs on GPUs only; fail here rather than inside the first forward.
+            raise ConfigError("sync_bn: synchronised BN needs CUDA devices; run without --sync-bn on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_model: nn.Module = model
     if rt.distributed:
@@ -164,6 +167,13 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             t = t.clone()
             dist.all_reduce(t)
         return t
+
+    def bad_images() -> dict[str, int]:
+        # Unreadable images skipped so far (--skip-bad-images, ImageNet), summed over processes.
+        count = getattr(data.train, "num_bad_images", None)
+        if count is None:
+            return {}
+        return {"bad_images": int(reduced(torch.tensor(float(count), device=rt.device, dtype=torch.float64)))}
 
     model.train()
     last_val: dict[str, float] | None = None
@@ -226,7 +236,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
                        "lr": lr, "train_loss": float(w[0] / w[3]),
                        "train_error": 100.0 * float(w[1] / max(w[2], 1)),
-                       "images_per_s": round(images_window / max(elapsed, 1e-9), 1)})
+                       "images_per_s": round(images_window / max(elapsed, 1e-9), 1), **bad_images()})
             window.zero_()
             t_window, images_window = time.perf_counter(), 0
 
@@ -245,7 +255,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                "data": data.description, "val_error": last_val["top1_err"] if last_val else None,
                "val_top5_error": last_val["top5_err"] if last_val else None,
                "params": sum(p.numel() for p in model.parameters()), "device": str(rt.device),
-               "precision": rt.precision, "processes": rt.world_size}
+               "precision": rt.precision, "processes": rt.world_size, **bad_images()}
     if rt.is_main:
         save_weights(run_dir / "model.safetensors", model, model_config_dict(config, data.num_classes, data.classes),
                      metadata={k: v for k, v in summary.items() if k != "event"})

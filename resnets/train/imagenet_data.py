@@ -1,0 +1,234 @@
+"""ImageNet for the training engine: a resumable, sharded stream and a sharded validation set.
+
+Recipe (Sec. 3.4): the shorter side is resized to a random value in [256, 480], a random
+224x224 crop (or its flip) is taken, the per-pixel mean is subtracted and AlexNet's PCA
+colour augmentation [21] is applied. Validation is the single 224 center crop of the
+256-resized image (the "center" protocol of `resnets eval`).
+
+Determinism, so a resumed run sees exactly the batches an uninterrupted one would:
+
+* The order of epoch e is `randperm(N)` from a generator seeded with (seed, e). Step s
+  belongs to epoch `s // steps_per_epoch` and takes the s-th slice of `global_batch`
+  images of that order (drop_last); under DDP each process takes its contiguous
+  share of that slice, so the global batch of step s is the same for any process count.
+* A sample's crop/scale/flip comes from `random.Random(f"{seed}/{epoch}/{index}")`,
+  not from the worker's global RNG, so it does not depend on which DataLoader worker
+  decodes it or how many there are.
+* PCA lighting runs on the device on the float batch with a generator seeded by
+  (seed, step, rank).
+
+The stream therefore yields float [0, 1] batches for the paper preset (PCA lighting
+needs floats; the model's `Normalize` accepts them) and uint8 batches otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data.imagenet import ImageFolder, imagenet_datasets, imagenet_loader
+from ..data.transforms import compute_mean_image, eval_transform, pca_lighting, train_transform
+from ..errors import ConfigError, DataError
+from .data import RunData, per_process_batch
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+CROP = 224  # Sec. 3.4: "224x224 crop"
+SCALE_RANGE = (256, 480)  # Sec. 3.4: shorter side "randomly sampled in [256, 480]"
+VAL_RESIZE = 256  # the center view of the 256-resized image
+MEAN_IMAGES = 10_000  # images averaged for the per-pixel mean (smooth: ~1e-3 accurate)
+MEAN_FILE = "mean_image.pt"
+
+
+class SeededTransform:
+    """Calls `transform(img, rng)` with the rng set by `SeededSamples` for the current item.
+
+    Each DataLoader worker holds its own copy and decodes items one at a time, so a plain
+    attribute is enough.
+    """
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+        self.rng: random.Random | None = None
+
+    @property
+    def decode_hint(self) -> int | None:
+        return getattr(self.transform, "decode_hint", None)
+
+    def __call__(self, img: Any, rng: random.Random | None = None) -> Tensor:
+        return self.transform(img, self.rng)
+
+    def __repr__(self) -> str:
+        return f"SeededTransform({self.transform!r})"
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Items are `(epoch, index)` keys; the augmentation of each is seeded by (seed, epoch, index)."""
+
+    def __init__(self, dataset: ImageFolder, transform: Any, seed: int) -> None:
+        self.transform = SeededTransform(transform)
+        self.dataset = dataset.with_transform(self.transform)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor | None, int]:
+        epoch, index = key
+        # A str seed is hashed with SHA-512 by `random`: stable across processes and runs.
+        self.transform.rng = random.Random(f"{self.seed}/{epoch}/{index}")
+        return self.dataset[index]
+
+
+class ResumableShardSampler(torch.utils.data.Sampler):
+    """Endless `(epoch, index)` keys of this process's share of every global batch, from `start_step` on.
+
+    Like `DistributedSampler` with `set_epoch` and drop_last, but the epoch follows from the
+    step (epoch = step // steps_per_epoch) and it can start in the middle of an epoch.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int,
+                 start_step: int = 0) -> None:
+        if global_batch > num_samples:
+            raise ConfigError(f"optim.batch_size: the global batch {global_batch} is larger than the "
+                              f"{num_samples} training images")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.per_rank = global_batch // world_size
+        self.rank, self.seed, self.start_step = rank, seed, start_step
+        self.steps_per_epoch = num_samples // global_batch
+
+    def epoch_order(self, epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_samples, generator=g)
+
+    def indices_at(self, step: int) -> list[int]:
+        """This process's sample indices for global step `step`."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        start = i * self.global_batch + self.rank * self.per_rank
+        return self.epoch_order(epoch)[start:start + self.per_rank].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = self.start_step
+        epoch, order = -1, None
+        while True:
+            e, i = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch, order = e, self.epoch_order(e)
+            start = i * self.global_batch + self.rank * self.per_rank
+            for index in order[start:start + self.per_rank].tolist():
+                yield epoch, index
+            step += 1
+
+
+class ImagenetStream:
+    """The engine's `TrainStream` for ImageNet class folders."""
+
+    def __init__(self, samples: SeededSamples, config: TrainConfig, runtime: Runtime, pca: bool) -> None:
+        self.samples = samples
+        self.config, self.runtime, self.pca = config, runtime, pca
+        self.per_rank = per_process_batch(config, runtime)
+        self._probe = ResumableShardSampler(len(samples), config.optim.batch_size, runtime.rank,
+                                            runtime.world_size, config.seed)
+        self.steps_per_epoch = self._probe.steps_per_epoch
+
+    @property
+    def num_bad_images(self) -> int:
+        """Unreadable training images skipped so far by this process (--skip-bad-images)."""
+        return self.samples.dataset.num_bad_images
+
+    def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
+        rt, seed = self.runtime, self.config.seed
+        sampler = ResumableShardSampler(len(self.samples), self.config.optim.batch_size, rt.rank,
+                                        rt.world_size, seed, start_step)
+        loader = imagenet_loader(self.samples, self.per_rank, sampler=sampler, num_workers=self.config.data.workers)
+        step = start_step
+        for batch in loader:
+            if batch is None:  # every image of this share was unreadable (--skip-bad-images)
+                step += 1
+                continue
+            x, y = batch
+            x = x.to(rt.device, non_blocking=True)
+            y = y.to(rt.device, non_blocking=True)
+            if self.pca:
+                g = torch.Generator(rt.device).manual_seed((seed * 1_000_003 + step) * 4099 + rt.rank)
+                x = pca_lighting(x.float().div_(255), generator=g)
+            yield x, y
+            step += 1
+
+
+class SkipEmpty:
+    """Re-iterable validation batches without the `None` of all-unreadable batches."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return (b for b in self.loader if b is not None)
+
+
+def load_or_compute_mean_image(train: ImageFolder, config: TrainConfig, runtime: Runtime, crop: int,
+                               max_images: int) -> Tensor:
+    """The per-pixel mean (3, crop, crop), computed once by rank 0 and cached in the run directory.
+
+    Other processes receive it by broadcast (no shared file system needed across nodes).
+    """
+    path = Path(config.out) / MEAN_FILE
+    mean = torch.zeros(3, crop, crop)
+    if runtime.is_main:
+        if path.is_file():
+            mean = torch.load(path, map_location="cpu", weights_only=True)
+            if tuple(mean.shape) != (3, crop, crop):
+                raise DataError(f"{path}: cached mean image has shape {tuple(mean.shape)}, expected (3, {crop}, {crop}); "
+                                "delete it to recompute")
+        else:
+            mean = compute_mean_image(train, crop, max_images, num_workers=config.data.workers, seed=config.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from ..models.weights import atomic_write
+
+            atomic_write(path, lambda tmp: torch.save(mean, tmp))
+    if runtime.distributed:
+        buf = mean.to(runtime.device)
+        dist.broadcast(buf, src=0)
+        mean = buf.cpu()
+    return mean
+
+
+def build_imagenet(config: TrainConfig, runtime: Runtime, *, crop: int = CROP,
+                   scale_range: tuple[int, int] = SCALE_RANGE, mean_max_images: int = MEAN_IMAGES) -> RunData:
+    """Training stream and validation batches for ROOT/train and ROOT/val class folders.
+
+    `crop` and `scale_range` are the paper's (224, [256, 480]); tests use smaller ones.
+    """
+    d = config.data
+    if not d.path:
+        raise ConfigError("data.path: no ImageNet location given; pass --data ROOT (ROOT/train/<class>/*, ROOT/val/<class>/*)")
+    if d.augment == "paper":
+        augment = train_transform("paper", crop=crop, scale_range=scale_range)
+    elif d.augment == "randomresizedcrop":
+        augment = train_transform("randomresizedcrop", crop=crop)
+    else:  # "none": the validation view
+        augment = eval_transform(round(crop * VAL_RESIZE / CROP), crop)
+    val_view = eval_transform(round(crop * VAL_RESIZE / CROP), crop)
+    train, val = imagenet_datasets(d.path, None, val_view, skip_bad_images=d.skip_bad_images, cache_dir=d.cache_dir)
+    per_rank = per_process_batch(config, runtime)
+
+    if config.model.normalization == "per_pixel_mean":
+        mean = load_or_compute_mean_image(train, config, runtime, crop, mean_max_images)
+    else:
+        mean = torch.zeros(3, 1, 1)  # unused: the model normalises per channel or not at all
+
+    stream = ImagenetStream(SeededSamples(train, augment, config.seed), config, runtime, pca=d.augment == "paper")
+    # Strided shards: every validation image is scored exactly once across processes (no padding).
+    shard = list(range(runtime.rank, len(val), runtime.world_size))
+    val_loader = imagenet_loader(val, per_rank, sampler=shard, num_workers=d.workers)
+    description = (f"ImageNet folders {d.path} ({len(train)} train / {len(val)} val images, "
+                   f"{len(train.classes)} classes, augment {d.augment})")
+    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean, description)
