@@ -69,9 +69,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum time per measurement")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch CPU threads (default: torch's choice). Use 1 on a busy shared machine: with more "
+        "OpenMP threads than free cores every parallel op can stall for milliseconds",
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cifar_data.json")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     results: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch_size": args.batch_size,

@@ -43,7 +43,7 @@ from PIL import Image
 from torch import Tensor
 
 from resnets.data.download import ARCHIVE_NAME, BATCHES_DIR
-from resnets.data.gpu_augment import crop_flip
+from resnets.data.gpu_augment import as_pad_dtype, crop_flip
 from resnets.data.safe_pickle import load_pickle, load_pickle_file
 from resnets.errors import CheckpointError, ConfigError, DataError
 
@@ -480,7 +480,9 @@ class CifarBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
-        self.pad_value = per_pixel_mean(images) if pad_value is None else pad_value
+        pad_value = per_pixel_mean(images) if pad_value is None else pad_value
+        # Converted and moved once, not on every step.
+        self.pad_value = as_pad_dtype(pad_value, self.images).to(self.device) if isinstance(pad_value, Tensor) else pad_value
         self.steps_per_epoch = len(images) // batch_size
         self.step = 0
         self._epoch = -1

@@ -75,7 +75,7 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = 4, pad
     index, inside = index_table[k], inside_table[k].view(b, 1, h, w)  # (B, H*W) each
     out = x.reshape(b, c, h * w).gather(2, index.unsqueeze(1).expand(b, c, h * w)).view(b, c, h, w)
     if isinstance(pad_value, Tensor):
-        fill = _as_dtype(pad_value, x).to(device).expand(c, h, w)
+        fill = as_pad_dtype(pad_value, x).to(device).expand(c, h, w)
     else:
         fill = torch.tensor(pad_value, dtype=x.dtype, device=device)
     # Multiply-add instead of torch.where: one term is always zero, and it is several
@@ -83,7 +83,7 @@ def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = 4, pad
     return out * inside + fill * ~inside
 
 
-def _as_dtype(value: Tensor, like: Tensor) -> Tensor:
+def as_pad_dtype(value: Tensor, like: Tensor) -> Tensor:
     """Convert a padding image to `like`'s dtype; [0,1] floats become 0..255 for uint8 batches."""
     if like.dtype == torch.uint8 and value.is_floating_point():
         return (value * 255).round().clamp(0, 255).to(torch.uint8)
