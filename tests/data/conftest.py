@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +56,41 @@ def batch_bytes(images: np.ndarray, labels: np.ndarray, protocol: int = 4) -> by
     return pickle.dumps(batch, protocol=protocol)
 
 
+def _op_str(b: bytes) -> bytes:
+    """Python 2 str opcodes (SHORT_BINSTRING / BINSTRING), which Python 3 never writes."""
+    return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+
+def _op_int(v: int) -> bytes:
+    return b"K" + bytes([v]) if v < 256 else b"M" + struct.pack("<H", v) if v < 65536 else b"J" + struct.pack("<i", v)
+
+
+def py2_batch_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """A batch byte for byte as Python 2 cPickle (protocol 2) and numpy 1.x wrote the official files:
+    str objects as BINSTRING and the array rebuilt by numpy.core.multiarray._reconstruct."""
+    data = images.reshape(len(images), -1)
+    s, i = _op_str, _op_int
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R"
+        + b"(" + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86"
+        + b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R"
+        + b"(" + i(3) + s(b"|") + b"NNN" + b"J\xff\xff\xff\xff" * 2 + i(0) + b"tb"  # dtype state
+        + b"\x89" + s(data.tobytes()) + b"tb"  # array state: (1, shape, dtype, fortran=False, raw bytes)
+    )
+    label_list = b"](" + b"".join(i(int(v)) for v in labels) + b"e"
+    return (
+        b"\x80\x02}(" + s(b"batch_label") + s(b"training batch, python 2 style")
+        + s(b"labels") + label_list + s(b"data") + array + b"u."
+    )
+
+
 def write_pickle_dir(fake: FakeCifar, folder: Path, with_test: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, (x, y) in enumerate(zip(np.split(fake.train_images, 5), np.split(fake.train_labels, 5)), start=1):
-        # Mix protocols: the official files are protocol 2-like, numpy 2 writes 4/5.
-        (folder / f"data_batch_{i}").write_bytes(batch_bytes(x, y, protocol=3 + i % 3))
+        # Batch 1 exactly as the official (Python 2) files; the others as Python 3 and numpy 2
+        # would write them with protocols 3, 4 and 5 (5 rebuilds arrays with _frombuffer).
+        data = py2_batch_bytes(x, y) if i == 1 else batch_bytes(x, y, protocol=3 + i % 3)
+        (folder / f"data_batch_{i}").write_bytes(data)
     if with_test:
         (folder / "test_batch").write_bytes(batch_bytes(fake.test_images, fake.test_labels))
     meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": 12, b"num_vis": 3072}
