@@ -139,7 +139,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
 def test_imagenet_paper_preset_end_to_end(tmp_path):
     """resnet18 on 224 crops from [256, 480]-scaled images, plateau schedule, per-pixel mean."""
     root = make_tree(tmp_path / "tree", 4, 1, (300, 260))
-    config = small_config(tmp_path, root, **{"optim.iters": 2, "eval_every": 1, "log_every": 1,
+    config = small_config(tmp_path, root, **{"optim.iters": 2, "optim.batch_size": 2, "eval_every": 1, "log_every": 1,
                                              "optim.plateau_patience": 1})
     assert config.optim.schedule == "plateau" and config.model.normalization == "per_pixel_mean"
     from resnets.train.engine import train
