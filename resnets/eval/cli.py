@@ -44,8 +44,21 @@ def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int
     return result
 
 
+def imagenet_classes(path: str, model_classes: list[str] | None) -> list[str] | None:
+    """The class order the labels must follow: the model's training classes if it recorded them,
+    else ROOT/train's folders (val may lack some classes), else None (val's own folders)."""
+    import os
+
+    if model_classes:
+        return list(model_classes)
+    train = os.path.join(path, "train")
+    if os.path.isdir(train):
+        return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
+    return None
+
+
 def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torch.device, batch_size: int,
-                      workers: int, skip_bad_images: bool) -> dict[str, Any]:
+                      workers: int, skip_bad_images: bool, classes: list[str] | None = None) -> dict[str, Any]:
     from pathlib import Path
 
     from ..data.imagenet import ImageFolder
@@ -54,7 +67,7 @@ def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torc
     if split not in ("val", "train"):
         raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")
     dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol),
-                          skip_bad_images=skip_bad_images)
+                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images)
     # The models carry their own input normalisation; the protocols hand them [0, 1] floats.
     result = evaluate(list(models), [lambda x: x] * len(models), dataset, protocol, batch_size, device,
                       num_workers=workers)
@@ -81,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                 cache_dir=args.cache_dir)
     else:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, device, args.batch_size,
-                                   args.workers, args.skip_bad_images)
+                                   args.workers, args.skip_bad_images, loaded[0][1]["model"].get("classes"))
     result["checkpoints"] = list(args.checkpoint)
     if not args.json:
         print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "

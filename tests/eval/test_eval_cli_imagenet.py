@@ -1,0 +1,125 @@
+"""`resnets eval --dataset imagenet --tta {center,10crop,multiscale}` through resnets.cli.main.
+
+The networks are small (cifar_resnet8 with 3 outputs, random weights): what is tested is the
+command's wiring - protocol, class order, ensembles, JSON output - against a direct
+computation with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnets.cli import main
+from resnets.data.transforms import ResizeCenterCrop, ResizeShorter, to_uint8_chw
+from resnets.eval.tta import ten_crop
+from resnets.models import Normalize, create_model, save_weights
+
+CLASSES = ["n01", "n02", "n03"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """ROOT/train with 3 classes; ROOT/val with images of classes n01 and n03 only (n02 absent)."""
+    root = tmp_path_factory.mktemp("imagenet_eval")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 1), ("val", 1)):
+        for c, name in enumerate(CLASSES):
+            if split == "val" and name == "n02":
+                continue
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                w, h = (90, 70) if c % 2 else (64, 80)
+                img = np.clip(80 * c + rng.integers(0, 80, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def save_model(path: Path, seed: int, per_pixel: bool) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet8", num_classes=3)
+    for m in model.modules():  # eval-mode BN with non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+    model.input_norm = Normalize(torch.rand(3, 224, 224) * 0.5) if per_pixel else Normalize.channel()
+    save_weights(path, model, {"name": "cifar_resnet8", "num_classes": 3, "shortcut": "A", "stride_in_1x1": True,
+                               "normalization": "per_pixel_mean" if per_pixel else "channel_mean_std"})
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    return [(folder / "a.safetensors", save_model(folder / "a.safetensors", 0, True)),
+            (folder / "b.safetensors", save_model(folder / "b.safetensors", 1, False))]
+
+
+def run_eval(capsys, tree: Path, checkpoints, tta: str) -> dict:
+    argv = ["eval", "--dataset", "imagenet", "--data", str(tree), "--tta", tta, "--workers", "0",
+            "--device", "cpu", "--batch-size", "3", "--json"]
+    for c in checkpoints:
+        argv += ["--checkpoint", str(c)]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def val_images(tree: Path) -> list[tuple[Image.Image, int]]:
+    # Labels follow the training classes: n03 is index 2 although val has only two folders.
+    return [(Image.open(p).convert("RGB"), CLASSES.index(p.parent.name))
+            for p in sorted((tree / "val").glob("*/*.png"))]
+
+
+def errors_from_probs(probs: torch.Tensor, labels: list[int]) -> float:
+    return 100.0 * float((probs.argmax(1) != torch.tensor(labels)).float().mean())
+
+
+@torch.no_grad()
+def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    data = val_images(tree)
+    x = torch.stack([ResizeCenterCrop(256, 224)(img) for img, _ in data]).float() / 255
+    labels = [t for _, t in data]
+    probs = [m(x).softmax(1) for _, m in models]
+
+    single = run_eval(capsys, tree, [models[0][0]], "center")
+    assert single["n"] == 2 and single["split"] == "val" and single["protocol"] == "center"
+    assert single["top1_err"] == pytest.approx(errors_from_probs(probs[0], labels))
+    assert single["top5_err"] == 0.0  # 3 classes: the target is always among the top 5
+
+    # Labels follow the training classes (ROOT/train), not val's own folder list.
+    from resnets.eval.cli import imagenet_classes
+
+    assert imagenet_classes(str(tree), None) == CLASSES
+    assert imagenet_classes(str(tree), ["x", "y"]) == ["x", "y"]
+
+    ensemble = run_eval(capsys, tree, [m for m, _ in models], "center")
+    assert ensemble["n"] == 2 and ensemble["checkpoints"] == [str(m) for m, _ in models]
+    assert ensemble["top1_err"] == pytest.approx(errors_from_probs((probs[0] + probs[1]) / 2, labels))
+
+
+@torch.no_grad()
+def test_ten_crop_matches_a_direct_computation(capsys, tree, models, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    data = val_images(tree)
+    labels = [t for _, t in data]
+    probs = []
+    for img, _ in data:
+        views = ten_crop(to_uint8_chw(ResizeShorter(256)(img)), 224).float() / 255
+        probs.append(models[1][1](views).softmax(1).mean(0))
+    result = run_eval(capsys, tree, [models[1][0]], "10crop")
+    assert result["n"] == 2 and result["protocol"] == "10crop"
+    assert result["top1_err"] == pytest.approx(errors_from_probs(torch.stack(probs), labels))
+
+
+def test_multiscale_runs_fully_convolutionally(capsys, tree, models, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    # The per-pixel-mean model gets its 224x224 mean image resized to every scale.
+    result = run_eval(capsys, tree, [models[0][0]], "multiscale")
+    assert result["n"] == 2 and result["protocol"] == "multiscale" and result["dataset"] == "imagenet"
+    assert result["top1_err"] in (0.0, 50.0, 100.0)
