@@ -94,9 +94,11 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 
 def build_dataset(fmt: str | None, data: str | None, split: str | None, annotations: str | None,
-                  synthetic_images: int = 200, synthetic_seed: int = 0, train: bool = True, num_classes: int = 3):
-    """The data set named by the CLI options (DataError/ConfigError on bad input)."""
-    from resnets.detection.data import COCODetection, SyntheticShapes, VOCDetection
+                  synthetic_images: int = 200, synthetic_seed: int = 0, train: bool = True, num_classes: int = 3,
+                  class_names: list[str] | None = None):
+    """The data set named by the CLI options (DataError/ConfigError on bad input).
+    VOC files are parsed with ``class_names`` (default: the 20 VOC classes)."""
+    from resnets.detection.data import VOC_CLASSES, COCODetection, SyntheticShapes, VOCDetection
 
     fmt = fmt or "voc"
     if fmt == "synthetic":
@@ -106,7 +108,7 @@ def build_dataset(fmt: str | None, data: str | None, split: str | None, annotati
     if not Path(data).exists():
         raise DataError(f"--data {data} does not exist")
     if fmt == "voc":
-        return VOCDetection(data, split or ("trainval" if train else "test"))
+        return VOCDetection(data, split or ("trainval" if train else "test"), class_names or VOC_CLASSES)
     if annotations is None:
         raise ConfigError("--format coco needs --annotations INSTANCES.json")
     return COCODetection(data, annotations, skip_empty=train)
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             cfg = DetectionConfig.from_dict(overrides, source="--set")
         dataset = build_dataset(args.format, args.data, args.split, args.annotations,
-                                args.synthetic_images, cfg.seed, True, cfg.num_classes)
+                                args.synthetic_images, cfg.seed, True, cfg.num_classes, cfg.class_names)
         names = list(dataset.class_names)
         if cfg.class_names is None or len(cfg.class_names) != len(names):
             cfg = cfg.replace(num_classes=len(names), class_names=names)
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         model = engine.train(cfg, dataset, args.run_dir, resume=args.resume and resume_ckpt.is_file(), data_info=info)
         if args.eval_split:
             test = build_dataset(args.format, args.data, args.eval_split, args.annotations, train=False,
-                                 num_classes=cfg.num_classes)
+                                 num_classes=cfg.num_classes, class_names=cfg.class_names)
             metrics = engine.evaluate(model, test)
             engine._append_jsonl(Path(args.run_dir) / "metrics.jsonl", {"eval": args.eval_split, **metrics})
             print(json.dumps(metrics))
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "eval":
         model = engine.load_detector(args.checkpoint, args.device, _overrides(args.set))
         dataset = build_dataset(args.format, args.data, args.split, args.annotations, args.synthetic_images,
-                                args.synthetic_seed, False, model.cfg.num_classes)
+                                args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names)
         metrics = engine.evaluate(model, dataset, metric=args.metric, use_07_metric=args.voc07 or None)
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -149,12 +149,14 @@ def train(
     resume: bool = False,
     data_info: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
+    model: FasterRCNN | None = None,
 ) -> FasterRCNN:
     """Train end to end (approximate joint training) for ``cfg.iterations`` iterations.
 
     Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``.
     With ``resume`` an existing last.pt is continued (config taken from the
-    checkpoint, except ``iterations`` which may be raised)."""
+    checkpoint, except ``iterations`` which may be raised). ``model`` replaces the
+    network built from ``cfg.arch`` (e.g. a custom ResNet; its config must be ``cfg``)."""
     run = Path(run_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
     start = 0
@@ -171,7 +173,7 @@ def train(
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_detector(cfg)
+    model = build_detector(cfg) if model is None else model
     if state is not None:
         from resnets.models import Normalize
 
@@ -213,7 +215,7 @@ def train(
         loss.backward()
         opt.step()
         for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v)
+            running[k] = running.get(k, 0.0) + float(v.detach())
         done = it + 1
         if done % cfg.log_every == 0 or done == cfg.iterations:
             count = (done - start) % cfg.log_every or cfg.log_every

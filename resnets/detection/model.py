@@ -213,7 +213,7 @@ class FasterRCNN(nn.Module):
             # of the same-class candidates overlapping it by IoU >= box_voting_iou.
             iou = box_iou(out_boxes, boxes).nan_to_num(0.0)
             w = ((iou >= cfg.box_voting_iou) & (labels[keep][:, None] == labels[None, :])) * scores[None, :]
-            out_boxes = (w @ boxes) / w.sum(dim=1, keepdim=True)
+            out_boxes = clip_boxes_to_image((w @ boxes) / w.sum(dim=1, keepdim=True), size)  # re-clip rounding
         return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
 
 
