@@ -1,0 +1,155 @@
+"""Command-line front ends: `resnets reproduce`, `resnets plot`, `resnets analyze`.
+
+The lead wires these into resnets/cli.py with `add_reproduce_parser(subparsers)`,
+`add_plot_parser(subparsers)` and `add_analyze_parser(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+# Training flags `reproduce` passes through to every run (same meaning and help as `resnets train`).
+PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmup", "--eval-every", "--log-every",
+                     "--checkpoint-every", "--val-size", "--split-seed", "--cache-dir", "--precision", "--device",
+                     "--no-channels-last", "--no-tensorboard")
+
+
+def parse_depths(text: str) -> list[int]:
+    try:
+        depths = [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise ConfigError(f"--depths: expected comma-separated integers like 20,32,44,56,110, got {text!r}") from None
+    if not depths:
+        raise ConfigError("--depths: expected at least one depth")
+    return depths
+
+
+# --- resnets reproduce ---------------------------------------------------------------------
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from ..train.cli import FLAGS
+    from .reproduce import reproduce_cifar10
+
+    overrides = {FLAGS[f][0]: getattr(args, FLAGS[f][0]) for f in PASSTHROUGH_FLAGS
+                 if getattr(args, FLAGS[f][0], None) is not None}
+    command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
+    report = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
+                               seeds=args.seeds, overrides=overrides, response_images=args.response_images,
+                               command=command)
+    print(f"report: {report}")
+    return 0
+
+
+def add_reproduce_parser(subparsers) -> None:
+    from ..train.cli import _DOCS, FLAGS
+
+    p = subparsers.add_parser(
+        "reproduce", help="run a table's experiments and write a report with figures",
+        description="Train the CIFAR-10 networks of Sec. 4.2 (residual, and with --plain also plain) at each "
+                    "depth and seed, one run directory each under OUT/runs/, then write OUT/report.md with "
+                    "Table 6 beside the paper's numbers, Fig. 6 curves and Fig. 7 layer responses. Re-running "
+                    "the command skips finished runs and resumes interrupted ones.")
+    p.add_argument("experiment", choices=["cifar10"], help="which experiment (Table 6 / Figs. 6-7)")
+    p.add_argument("--depths", default="20,32,44,56,110", help="comma-separated 6n+2 depths (default: %(default)s)")
+    p.add_argument("--plain", action="store_true", help="also train the plain twins (Fig. 6 left)")
+    p.add_argument("--seeds", type=int, default=1, help="runs per network, seeds 0..K-1 (default: %(default)s)")
+    p.add_argument("--data", metavar="PATH", help="CIFAR-10 location (as for `resnets train --data`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="experiment directory (runs/, figures, report.md)")
+    p.add_argument("--response-images", type=int, default=500, metavar="N",
+                   help="validation images for Fig. 7 (0: skip it; default: %(default)s)")
+    group = p.add_argument_group("schedule and run settings (shortening the schedule is noted in the report)")
+    for flag in PASSTHROUGH_FLAGS:
+        key, extra = FLAGS[flag]
+        group.add_argument(flag, dest=key, default=None,
+                           help=f"[{key}] {_DOCS.get(key, '')}".replace("%", "%%"), **extra)
+    p.set_defaults(func=run_reproduce)
+
+
+# --- resnets plot --------------------------------------------------------------------------
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_training_curves
+    from .runs import load_run
+
+    runs = [load_run(d) for d in args.run_dirs]
+    out = plot_training_curves(runs, args.out, args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_plot_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot", help="training curves of runs (Figs. 1, 4, 6)",
+        description="Plot training error (dashed) and validation error (bold) against iterations, one colour "
+                    "per run, as in the paper's Figs. 1, 4 and 6.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `resnets train`")
+    p.add_argument("--out", required=True, metavar="FIG.png", help="the PNG file to write")
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=run_plot)
+
+
+# --- resnets analyze -----------------------------------------------------------------------
+
+def run_responses(args: argparse.Namespace) -> int:
+    from .plots import plot_responses
+    from .responses import measure_checkpoints
+
+    out = Path(args.out)
+    results = measure_checkpoints(args.checkpoint, args.data, args.images, args.val_size, args.split_seed,
+                                  args.cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "responses.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    plot_responses(results, out / "responses.png", args.title)
+    for r in results:
+        print(f"{r.label}: {len(r.stds)} layers, mean std {sum(r.stds) / len(r.stds):.4f}, "
+              f"max {max(r.stds):.4f}, min {min(r.stds):.4f}")
+    print(f"wrote {out / 'responses.json'} and {out / 'responses.png'}")
+    return 0
+
+
+def add_analyze_parser(subparsers) -> None:
+    p = subparsers.add_parser("analyze", help="analyses of trained networks (Fig. 7 layer responses)",
+                              description="Analyses of trained networks.")
+    analyses = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    r = analyses.add_parser(
+        "responses", help="Fig. 7: std of each 3x3 layer's response",
+        description="Fig. 7: the std of each 3x3 layer's response (after BN, before ReLU and addition) over the "
+                    "first N validation images: per channel over images and positions, averaged over channels. "
+                    "Writes OUT/responses.json and OUT/responses.png (network order on top, sorted below).")
+    r.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",
+                   help="model.safetensors or checkpoints/*.pt of trained CIFAR networks")
+    r.add_argument("--data", required=True, metavar="PATH", help="CIFAR-10 location")
+    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--images", type=int, default=500, help="first N validation images (default: %(default)s)")
+    r.add_argument("--val-size", type=int, default=5000, help="validation split size (default: %(default)s)")
+    r.add_argument("--split-seed", type=int, default=0, help="validation split seed (default: %(default)s)")
+    r.add_argument("--cache-dir", help="decode cache directory")
+    r.add_argument("--title", help="figure title")
+    r.set_defaults(func=run_responses)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m resnets.analysis.cli ...`: these commands without the top-level CLI."""
+    from ..errors import ResnetsError
+
+    parser = argparse.ArgumentParser(prog="python -m resnets.analysis.cli")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_reproduce_parser(subparsers)
+    add_plot_parser(subparsers)
+    add_analyze_parser(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ResnetsError as e:
+        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

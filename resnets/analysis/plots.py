@@ -1,0 +1,87 @@
+"""The paper's figures as PNG files (matplotlib with the headless Agg backend).
+
+Figs. 1, 4 and 6: training curves; "dashed lines denote training error, and bold lines
+denote testing error", one colour per network, iterations on x, error in percent on y.
+Fig. 7: the std of each 3x3 layer's response, in network order (top) and sorted (bottom).
+Figures have a fixed pixel size (FIGSIZE x DPI) so they embed predictably in reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .runs import RunResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from .responses import ResponseStats
+
+DPI = 100
+CURVES_FIGSIZE = (8.0, 5.0)  # inches -> 800 x 500 px
+RESPONSES_FIGSIZE = (8.0, 8.0)  # two panels -> 800 x 800 px
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str | None = None) -> Path:
+    """Training error (dashed) and validation error (bold) of each run against iterations."""
+    out = Path(out)
+    fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, dpi=DPI)
+    highest = 0.0
+    for run, color in zip(runs, _colors(len(runs))):
+        if run.train:
+            its, errs = zip(*run.train)
+            ax.plot(its, errs, linestyle="--", linewidth=1.0, color=color)
+            highest = max(highest, max(errs))
+        if run.val:
+            its, errs = zip(*run.val)
+            ax.plot(its, errs, linestyle="-", linewidth=2.5, color=color, marker="o" if len(its) < 4 else None,
+                    label=run.name)
+            highest = max(highest, max(errs))
+        elif run.train:
+            ax.plot([], [], linestyle="-", linewidth=2.5, color=color, label=run.name)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.set_ylim(0, min(100.0, highest * 1.05) or 100.0)
+    ax.grid(True, alpha=0.3)
+    if runs:
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_title((title + "\n" if title else "") + "dashed: training error, bold: validation error", fontsize="medium")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
+
+
+def plot_responses(results: Sequence["ResponseStats"], out: str | Path, title: str | None = None) -> Path:
+    """Fig. 7: per-layer response std in network order (top) and sorted descending (bottom)."""
+    out = Path(out)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=RESPONSES_FIGSIZE, dpi=DPI)
+    for result, color in zip(results, _colors(len(results))):
+        stds = result.stds
+        x = range(1, len(stds) + 1)
+        top.plot(x, stds, color=color, marker=".", label=result.label)
+        bottom.plot(x, sorted(stds, reverse=True), color=color, marker=".", label=result.label)
+    top.set_xlabel("layer index (original)")
+    bottom.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (top, bottom):
+        ax.set_ylabel("std")
+        ax.grid(True, alpha=0.3)
+        if results:
+            ax.legend(loc="upper right", fontsize="small")
+    top.set_title(title or "std of 3x3 layer responses (after BN, before nonlinearity / addition)",
+                  fontsize="medium")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out

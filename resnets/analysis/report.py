@@ -1,0 +1,162 @@
+"""DIR/report.md for `resnets reproduce cifar10`: Table 6 beside our numbers, the data, the
+schedule, and the figures.
+
+Everything in the report is read back from the run directories (config.yaml,
+metrics.jsonl, the summary line), so a report can be regenerated at any time from
+whatever runs exist, finished or not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import PRESETS
+from .runs import FINAL_TRAIN_FRACTION, ModelRow, RunResult, summarize
+
+# Table 6 of the paper: CIFAR-10 *test* error (%), lossless images, 64k iterations.
+PAPER_TABLE6_ERROR: dict[int, str] = {
+    20: "8.75", 32: "7.51", 44: "7.17", 56: "6.97", 110: "6.43 (6.61±0.16)", 1202: "7.93",
+}
+PAPER_TABLE6_PARAMS: dict[int, str] = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
+# Plain nets are not in Table 6; Fig. 6 (left) shows them only as curves.
+PLAIN_NOTE = ("not in Table 6; Fig. 6 (left): deeper plain nets have *higher* training and test error "
+              "(plain-56 > plain-20; plain-110 above 60%, not shown)")
+
+# Settings that define the schedule, as they appear in config.yaml.
+SCHEDULE_KEYS = ("optim.iters", "optim.batch_size", "optim.lr", "optim.milestones", "optim.schedule",
+                 "optim.warmup", "optim.weight_decay", "optim.momentum", "data.val_size", "data.augment",
+                 "eval_every", "precision")
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def fmt_params(n: int | None) -> str:
+    return "–" if n is None else f"{n / 1e6:.2f}M"
+
+
+def table6_markdown(rows: Sequence[ModelRow]) -> str:
+    """Our val error (mean ± sample std over seeds) beside the paper's Table 6."""
+    lines = [
+        "| network | # layers | # params | finished runs | final training error (%) | validation error (%) "
+        "| paper: test error (%), Table 6 | paper: # params |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        runs = f"{r.runs}" + (f" (+{r.unfinished} unfinished)" if r.unfinished else "")
+        paper = PAPER_TABLE6_ERROR.get(r.depth, "not reported") if r.residual else PLAIN_NOTE
+        paper_params = PAPER_TABLE6_PARAMS.get(r.depth, "–") if r.residual else "–"
+        lines.append(f"| {r.model} | {r.depth} | {fmt_params(r.params)} | {runs} | {fmt_mean_std(*r.train_mean_std)} "
+                     f"| {fmt_mean_std(*r.val_mean_std)} | {paper} | {paper_params} |")
+    return "\n".join(lines)
+
+
+def runs_markdown(runs: Sequence[RunResult]) -> str:
+    lines = ["| run | state | iterations | final training error (%) | validation error (%) | images/s (median) "
+             "| device, precision |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in runs:
+        last = r.train[-1][0] if r.train else 0
+        speed = "–" if r.images_per_s is None else f"{r.images_per_s:.0f}"
+        where = f"{r.summary.get('device')}, {r.summary.get('precision')}" if r.summary else "–"
+        lines.append(f"| {r.run_dir.name} | {r.state} | {last} | {fmt_mean_std(r.final_train_error, None)} "
+                     f"| {fmt_mean_std(r.final_val_error, None)} | {speed} | {where} |")
+    return "\n".join(lines)
+
+
+def data_description(runs: Sequence[RunResult]) -> str:
+    """Which images the numbers were measured on, with the caveats that matter for Table 6."""
+    # The first run that decodes the images names its cache, later ones do not: drop that detail.
+    sources = sorted({re.sub(r" \(decoded cache [^)]*\)", "", r.summary["data"])
+                      for r in runs if r.summary and r.summary.get("data")})
+    paths = sorted({p for r in runs if (p := _get(r.config, "data.path"))})
+    text = ["Data: " + ("; ".join(f"`{s}`" for s in sources) if sources else
+                        ", ".join(f"`{p}`" for p in paths) or "unknown (no finished run)") + "."]
+    if any(_is_jpeg_tree(p) for p in paths):
+        text.append("These are JPEG (quality 75) re-encodings of the CIFAR-10 training images: lossy, so the "
+                    "errors here are **not comparable** to Table 6, which was measured on the lossless originals.")
+    val_sizes = sorted({v for r in runs if (v := _get(r.config, "data.val_size"))})
+    if val_sizes:
+        text.append(f"Validation error is measured on {', '.join(map(str, val_sizes))} images held out of the "
+                    "training set (the paper's 45k/5k split for tuning, Sec. 4.2), not on the CIFAR-10 test set "
+                    "of Table 6.")
+    return " ".join(text)
+
+
+def _is_jpeg_tree(path: str) -> bool:
+    """True when a class-folder tree holds .jpg/.jpeg images (checks the first file found)."""
+    train = Path(path) / "train"
+    if not train.is_dir():
+        return False
+    for class_dir in sorted(train.iterdir()):
+        if class_dir.is_dir():
+            for entry in os.scandir(class_dir):
+                return entry.name.lower().endswith((".jpg", ".jpeg"))
+    return False
+
+
+def schedule_description(runs: Sequence[RunResult]) -> str:
+    """The schedule the runs used, flagged when it is shorter than the paper's (Sec. 4.2)."""
+    if not runs:
+        return "No runs."
+    # JSON text makes the settings hashable and prints lists as [32000, 48000].
+    schedules = {tuple(f"`{k}={json.dumps(_get(r.config, k))}`" for k in SCHEDULE_KEYS) for r in runs}
+    parts = [", ".join(sched) for sched in sorted(schedules)]
+    text = "Schedule: " + "; ".join(parts) + "."
+    if len(schedules) > 1:
+        text += " **The runs used different schedules; compare them with care.**"
+    paper = PRESETS["cifar-paper"]["optim"]
+    shortened = [r for r in runs if _get(r.config, "optim.iters") != paper["iters"]
+                 or _get(r.config, "optim.milestones") != paper["milestones"]
+                 or _get(r.config, "optim.batch_size") != paper["batch_size"]]
+    if shortened:
+        text += (f" **Shortened schedule**: the paper trains {paper['iters']} iterations at batch "
+                 f"{paper['batch_size']}, lr {paper['lr']} divided by 10 at {paper['milestones'][0]} and "
+                 f"{paper['milestones'][1]} (Sec. 4.2); these runs are shorter, so their errors are higher and "
+                 "only the comparison between them is meaningful.")
+    return text
+
+
+def render_report(runs: Sequence[RunResult], figures: dict[str, str], responses_note: str | None = None,
+                  command: str | None = None) -> str:
+    """The whole report as markdown. `figures`: caption -> path relative to the report."""
+    rows = summarize(runs)
+    parts = ["# CIFAR-10 experiments of Sec. 4.2 (Table 6, Fig. 6, Fig. 7)", ""]
+    if command:
+        parts += ["Command:", "", f"    {command}", ""]
+    parts += [data_description(runs), "", schedule_description(runs), "",
+              "## Table 6", "",
+              table6_markdown(rows), "",
+              "Validation error: top-1 error at the end of training, mean ± sample standard deviation (n-1) over "
+              "the finished seeds (no ± with one seed). Final training error: mean of the logged training-error "
+              f"windows in the last {FINAL_TRAIN_FRACTION:.0%} of iterations (augmented images, training-mode BN). "
+              "Paper: Table 6 reports CIFAR-10 *test* error; ResNet-110 as \"best (mean±std)\" of 5 runs.", "",
+              "## Runs", "", runs_markdown(runs), ""]
+    if figures:
+        parts += ["## Figures", ""]
+        for caption, path in figures.items():
+            parts += [f"**{caption}**", "", f"![{caption}]({path})", ""]
+    if responses_note:
+        parts += [responses_note, ""]
+    return "\n".join(parts)
+
+
+def write_report(out_dir: str | Path, runs: Sequence[RunResult], figures: dict[str, str],
+                 responses_note: str | None = None, command: str | None = None) -> Path:
+    path = Path(out_dir) / "report.md"
+    path.write_text(render_report(runs, figures, responses_note, command))
+    return path

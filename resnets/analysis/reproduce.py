@@ -1,0 +1,146 @@
+"""`resnets reproduce cifar10`: the CIFAR-10 experiments of Sec. 4.2 in one command.
+
+For every depth (and with `plain=True` also the plain twin) and every seed, one run
+directory OUT/runs/<model>-s<seed> is trained in this process, one after another, with
+the paper's recipe (`cifar-paper` preset) and any schedule overrides. The command is
+resumable: finished runs are skipped, interrupted ones continue from their last
+checkpoint, so re-running the same command after a kill finishes the job. At the end it
+writes the figures (Fig. 6 curves, Fig. 7 responses) and OUT/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..config import TrainConfig, resolve_config, to_dict
+from ..errors import ConfigError
+from ..models import model_spec
+from .plots import plot_responses, plot_training_curves
+from .report import write_report
+from .runs import RunState, find_runs, run_state
+
+# Settings a finished run must share with the request to be counted as "already done";
+# anything else (a different seed or schedule) would silently mix experiments in one table.
+REUSE_KEYS = ("model.name", "seed", "optim.iters", "optim.milestones", "optim.batch_size", "optim.lr",
+              "data.val_size", "data.split_seed", "data.augment")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    model: str
+    seed: int
+    run_dir: Path
+
+
+def plan_runs(depths: Sequence[int], plain: bool, seeds: int, out: str | Path) -> list[PlannedRun]:
+    """Residual nets first (shallow to deep), then plain nets; seeds 0..seeds-1 for each."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds: expected a positive number of seeds, got {seeds}")
+    if not depths:
+        raise ConfigError("--depths: expected at least one depth, e.g. 20,32,44,56,110")
+    models = [f"cifar_resnet{d}" for d in depths] + ([f"cifar_plain{d}" for d in depths] if plain else [])
+    for name in models:
+        try:
+            model_spec(name)
+        except ValueError as e:
+            raise ConfigError(f"--depths: {e}") from None
+    runs_dir = Path(out) / "runs"
+    return [PlannedRun(m, s, runs_dir / f"{m}-s{s}") for m in models for s in range(seeds)]
+
+
+def run_config(run: PlannedRun, data: str | None, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The `cifar-paper` recipe with the schedule overrides, for this model, seed and directory."""
+    values = dict(overrides)
+    values.update({"model.name": run.model, "seed": run.seed, "out": str(run.run_dir)})
+    if data is not None:
+        values["data.path"] = data
+    return resolve_config(None, values, preset="cifar-paper")
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def check_reusable(run_dir: Path, config: TrainConfig) -> None:
+    """A finished run counts only if it is the run we would have trained now."""
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    wanted = to_dict(config)
+    changed = [f"{k} ({_get(saved, k)!r} there, {_get(wanted, k)!r} asked for)"
+               for k in REUSE_KEYS if _get(saved, k) != _get(wanted, k)]
+    if changed:
+        raise ConfigError(f"{run_dir} holds a finished run with other settings: {', '.join(changed)}; "
+                          "use another --out (or delete that run directory) to train with these settings")
+
+
+def execute_runs(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str, Any],
+                 train: Callable[..., dict] | None = None,
+                 log: Callable[[str], None] = print) -> dict[Path, RunState]:
+    """Train what is missing, one run after another; returns each run's state before this call."""
+    if train is None:
+        from ..train.engine import train
+    before: dict[Path, RunState] = {}
+    for i, run in enumerate(plan, 1):
+        config = run_config(run, data, overrides)
+        state = run_state(run.run_dir)
+        before[run.run_dir] = state
+        if state == "finished":
+            check_reusable(run.run_dir, config)
+            log(f"[{i}/{len(plan)}] {run.run_dir.name}: finished, skipped")
+            continue
+        log(f"[{i}/{len(plan)}] {run.run_dir.name}: " + ("resuming" if state == "interrupted" else "training"))
+        train(config, resume=state == "interrupted")
+    return before
+
+
+def reproduce_cifar10(depths: Sequence[int], *, out: str | Path, data: str | None, plain: bool = False,
+                      seeds: int = 1, overrides: Mapping[str, Any] | None = None, response_images: int = 500,
+                      command: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """Train (or finish) every run, then write figures and OUT/report.md; returns the report's path."""
+    out = Path(out)
+    overrides = dict(overrides or {})
+    plan = plan_runs(depths, plain, seeds, out)
+    out.mkdir(parents=True, exist_ok=True)
+    execute_runs(plan, data, overrides, log=log)
+    return write_outputs(out, plan, data, response_images, command)
+
+
+def write_outputs(out: Path, plan: Sequence[PlannedRun], data: str | None, response_images: int,
+                  command: str | None) -> Path:
+    """Figures and report from the planned runs' directories (whatever state they are in)."""
+    wanted = {p.run_dir.resolve() for p in plan}
+    runs = [r for r in find_runs(out) if r.run_dir.resolve() in wanted]
+    figures: dict[str, str] = {}
+    residual = [r for r in runs if r.residual]
+    plain = [r for r in runs if not r.residual]
+    if plain:
+        plot_training_curves(plain, out / "fig6_plain.png", "Fig. 6 (left): plain networks on CIFAR-10")
+        figures["Fig. 6 (left): plain networks"] = "fig6_plain.png"
+    if residual:
+        plot_training_curves(residual, out / "fig6_resnets.png", "Fig. 6 (middle): ResNets on CIFAR-10")
+        figures["Fig. 6 (middle): ResNets"] = "fig6_resnets.png"
+    responses_note = None
+    # Fig. 7: one model per network (seed 0), plain and residual, on the first validation images.
+    fig7 = [r for r in runs if r.finished and r.seed == min(x.seed for x in runs if x.model == r.model)]
+    if fig7 and response_images > 0 and data is not None:
+        from .responses import measure_checkpoints
+
+        first = fig7[0].config.get("data", {})
+        results = measure_checkpoints([r.run_dir / "model.safetensors" for r in fig7], data, response_images,
+                                      val_size=int(first.get("val_size", 5000)),
+                                      split_seed=int(first.get("split_seed", 0)),
+                                      cache_dir=first.get("cache_dir"))
+        (out / "responses.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
+        plot_responses(results, out / "fig7_responses.png")
+        figures["Fig. 7: std of 3x3 layer responses"] = "fig7_responses.png"
+        responses_note = (f"Fig. 7 numbers: `responses.json`. Each layer's std is measured on the first "
+                          f"{response_images} validation images with the trained model in evaluation mode: the std "
+                          "of each channel over images and positions, averaged over the channels.")
+    return write_report(out, runs, figures, responses_note, command)

@@ -1,0 +1,175 @@
+"""Reading finished (or half-finished) run directories back for tables and figures.
+
+A run directory (written by `resnets.train.engine.train`) holds `config.yaml`, the
+`metrics.jsonl` log ({"event": "train"|"val"|"summary", ...}), `checkpoints/last.pt`
+while it runs and `model.safetensors` once it has finished.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from ..errors import DataError
+from ..models import model_spec
+from ..train.metrics_log import read_metrics
+
+RunState = Literal["finished", "interrupted", "new"]
+
+# The final training error is the mean of the logged training-error windows that cover
+# the last FINAL_TRAIN_FRACTION of the iterations: a single log window (a few batches
+# of augmented images, in training mode) is too noisy to rank networks by.
+FINAL_TRAIN_FRACTION = 0.1
+
+
+def run_state(run_dir: str | Path) -> RunState:
+    """"finished": a summary line and the weights file exist; "interrupted": a checkpoint to
+    resume from exists; "new": nothing to continue (a run killed before its first
+    checkpoint starts over)."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if (run_dir / "model.safetensors").is_file() and any(r.get("event") == "summary" for r in rows):
+        return "finished"
+    checkpoints = run_dir / "checkpoints"
+    if (checkpoints / "last.pt").is_file() or (checkpoints / "previous.pt").is_file():
+        return "interrupted"
+    return "new"
+
+
+@dataclass
+class RunResult:
+    """One run's curves and final numbers. Errors are percentages."""
+
+    run_dir: Path
+    model: str
+    seed: int
+    depth: int
+    residual: bool
+    state: RunState
+    config: dict[str, Any]
+    train: list[tuple[int, float]] = field(default_factory=list)  # (iteration, training error %)
+    val: list[tuple[int, float]] = field(default_factory=list)  # (iteration, validation error %)
+    summary: dict[str, Any] | None = None
+    images_per_s: float | None = None  # median training throughput over the logged windows
+
+    @property
+    def name(self) -> str:
+        """The legend label: model name and seed."""
+        return f"{self.model} (seed {self.seed})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+    @property
+    def params(self) -> int | None:
+        return None if self.summary is None else self.summary.get("params")
+
+    @property
+    def final_val_error(self) -> float | None:
+        if self.summary is not None and self.summary.get("val_error") is not None:
+            return float(self.summary["val_error"])
+        return self.val[-1][1] if self.val else None
+
+    @property
+    def final_train_error(self) -> float | None:
+        """Mean training error of the log windows in the last FINAL_TRAIN_FRACTION of iterations."""
+        if not self.train:
+            return None
+        last = self.train[-1][0]
+        start = last * (1 - FINAL_TRAIN_FRACTION)
+        tail = [err for it, err in self.train if it > start] or [self.train[-1][1]]
+        return statistics.fmean(tail)
+
+
+
+def load_run(run_dir: str | Path) -> RunResult:
+    """Read one run directory; DataError if it is not one."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise DataError(f"{run_dir}: not a resnets run directory (no config.yaml)")
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+        model = str(config["model"]["name"])
+        seed = int(config.get("seed", 0))
+    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{config_path}: unreadable run config ({type(e).__name__}: {e})") from None
+    try:
+        spec = model_spec(model)
+    except ValueError as e:
+        raise DataError(f"{config_path}: {e}") from None
+    rows = read_metrics(run_dir)
+    result = RunResult(run_dir, model, seed, spec.depth, spec.residual, run_state(run_dir), config)
+    speeds = []
+    for row in rows:
+        event = row.get("event")
+        if event == "train" and row.get("train_error") is not None:
+            result.train.append((int(row["iteration"]), float(row["train_error"])))
+            if row.get("images_per_s"):
+                speeds.append(float(row["images_per_s"]))
+        elif event == "val" and row.get("val_error") is not None:
+            result.val.append((int(row["iteration"]), float(row["val_error"])))
+        elif event == "summary":
+            result.summary = row
+    result.images_per_s = statistics.median(speeds) if speeds else None
+    return result
+
+
+def find_runs(out_dir: str | Path) -> list[RunResult]:
+    """Every run under OUT/runs/*, in plotting order: residual before plain, then depth, seed."""
+    runs_dir = Path(out_dir) / "runs"
+    if not runs_dir.is_dir():
+        return []
+    runs = [load_run(d) for d in sorted(runs_dir.iterdir()) if (d / "config.yaml").is_file()]
+    return sorted(runs, key=lambda r: (not r.residual, r.depth, r.seed))
+
+
+@dataclass
+class ModelRow:
+    """One line of the Table-6-style summary: all finished seeds of one model."""
+
+    model: str
+    depth: int
+    residual: bool
+    params: int | None
+    runs: int  # finished runs counted in the statistics
+    unfinished: int
+    val_errors: list[float]
+    train_errors: list[float]
+
+    @property
+    def val_mean_std(self) -> tuple[float | None, float | None]:
+        return mean_std(self.val_errors)
+
+    @property
+    def train_mean_std(self) -> tuple[float | None, float | None]:
+        return mean_std(self.train_errors)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1; None for fewer than two values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(runs: Sequence[RunResult]) -> list[ModelRow]:
+    """Group runs by model (in the order given); statistics over finished runs only."""
+    rows: dict[str, ModelRow] = {}
+    for r in runs:
+        row = rows.setdefault(r.model, ModelRow(r.model, r.depth, r.residual, None, 0, 0, [], []))
+        if not r.finished:
+            row.unfinished += 1
+            continue
+        row.runs += 1
+        row.params = row.params or r.params
+        if r.final_val_error is not None:
+            row.val_errors.append(r.final_val_error)
+        if r.final_train_error is not None:
+            row.train_errors.append(r.final_train_error)
+    return list(rows.values())
