@@ -121,3 +121,60 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path, cifa
     # A different seed gives a difference far larger: the agreement above is not trivial.
     other = run_single(tmp_path, overrides(cifar_folders, tmp_path / "seed1", seed=1), monkeypatch)
     assert float((other["params"] - p1).norm() / p1.norm()) > 5 * relative
+
+
+IMAGENET_DRIVER = '''
+import json, sys
+import torch
+from resnets.config import resolve_config
+from resnets.train.imagenet_data import build_imagenet
+from resnets.train.runtime import setup_runtime, shutdown_runtime
+
+overrides, record_dir = json.loads(sys.argv[1]), sys.argv[2]
+rt = setup_runtime("cpu", "fp32")
+data = build_imagenet(resolve_config(None, overrides), rt, crop=32, scale_range=(36, 48), mean_max_images=100)
+x, y = next(data.train.batches(3))
+val = [(vx, vy) for vx, vy in data.val]
+torch.save({"mean": data.mean_image, "x": x, "y": y, "val_sampler": list(data.val.loader.sampler),
+            "val_labels": torch.cat([vy for _, vy in val])}, f"{record_dir}/rank{rt.rank}.pt")
+shutdown_runtime(rt)
+'''
+
+
+def test_imagenet_data_under_two_processes(tmp_path):
+    """Mean image broadcast from rank 0, shares of the global batch, val shards without duplicates."""
+    from resnets.train.imagenet_data import build_imagenet
+    from resnets.train.runtime import Runtime
+
+    root = tmp_path / "tree"
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 8), ("val", 3)):
+        for c in range(3):
+            (root / split / f"n0{c}").mkdir(parents=True)
+            for i in range(per_class):
+                img = np.clip(70 * c + rng.integers(0, 60, (50, 60, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / f"n0{c}" / f"{i}.JPEG")
+    values = {"data.path": str(root), "data.workers": 0, "data.cache_dir": str(tmp_path / "cache"),
+              "data.augment": "randomresizedcrop", "optim.batch_size": 4, "out": str(tmp_path / "run")}
+    (tmp_path / "driver.py").write_text(IMAGENET_DRIVER)
+    record = tmp_path / "record"
+    record.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                           "--nproc_per_node=2", str(tmp_path / "driver.py"), json.dumps(values), str(record)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(record / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Rank 0 computed the mean image (and cached it in the run directory); rank 1 received it.
+    cached = torch.load(tmp_path / "run" / "mean_image.pt", weights_only=True)
+    assert torch.equal(ranks[0]["mean"], cached) and torch.equal(ranks[1]["mean"], cached)
+    # The two shares of step 3 make the one-process batch of step 3.
+    one = build_imagenet(resolve_config(None, dict(values, out=str(tmp_path / "one"))),
+                         Runtime(torch.device("cpu"), "fp32"), crop=32, scale_range=(36, 48), mean_max_images=100)
+    x, y = next(one.train.batches(3))
+    assert torch.equal(torch.cat([ranks[0]["x"], ranks[1]["x"]]), x)
+    assert torch.equal(torch.cat([ranks[0]["y"], ranks[1]["y"]]), y)
+    assert torch.equal(one.mean_image, cached)
+    # Validation: 9 images, each scored by exactly one process.
+    shards = [r["val_sampler"] for r in ranks]
+    assert sorted(shards[0] + shards[1]) == list(range(9)) and len(ranks[0]["val_labels"]) + len(ranks[1]["val_labels"]) == 9
