@@ -66,7 +66,9 @@ class OptimConfig:
     lr: float = 0.1
     """Initial learning rate (Sec. 3.4, 4.2)."""
     momentum: float = 0.9
+    """SGD momentum (Sec. 3.4)."""
     weight_decay: float = 1e-4
+    """L2 weight decay on every parameter (Sec. 3.4)."""
     batch_size: int = 128
     """Global mini-batch size (CIFAR 128, ImageNet 256). Split across processes under DDP."""
     iters: int = 64000
@@ -77,6 +79,7 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [32000, 48000])
     """Iterations at which the learning rate is divided by 10 (Sec. 4.2: 32k and 48k)."""
     gamma: float = 0.1
+    """Factor applied to the lr at each milestone or plateau ("divided by 10")."""
     plateau_patience: int = 3
     """Evaluations without improvement before the lr is divided (schedule "plateau")."""
     min_lr: float = 1e-5
@@ -85,8 +88,9 @@ class OptimConfig:
     """The ResNet-110 warm-up of Sec. 4.2: lr `warmup_lr` until the training error falls below
     `warmup_until_error`; "auto" turns it on for depth >= 110."""
     warmup_lr: float = 0.01
-    warmup_until_error: float = 0.80
-    """Training error (fraction) below which the warm-up ends (Sec. 4.2: 80%, ~400 iterations)."""
+    """The warm-up learning rate (Sec. 4.2: 0.01)."""
+    warmup_until_error: float = 80.0
+    """Training error (percent) below which the warm-up ends (Sec. 4.2: 80%, ~400 iterations)."""
     warmup_max_iters: int = 5000
     """Safety net: the warm-up ends here even if the error never drops."""
 
@@ -96,8 +100,11 @@ class TrainConfig:
     """Everything a training run needs; written resolved to RUN_DIR/config.yaml."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network (see ModelConfig)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The data set and its pipeline (see DataConfig)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """The optimiser and learning-rate schedule (see OptimConfig)."""
     preset: Literal["cifar-paper", "imagenet-paper"] = "cifar-paper"
     """Which paper recipe the defaults came from."""
     out: str = "runs/default"
@@ -105,6 +112,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds initialisation, data order and augmentation; a resumed run continues the same streams."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """"auto": bf16 autocast where the hardware has fast bf16 (CUDA, CPUs with AMX), else fp32."""
     channels_last: bool = True
