@@ -113,7 +113,9 @@ def model_from_file(path: str | os.PathLike):
         model = create_model(model_config["name"], num_classes=model_config.get("num_classes"),
                              shortcut=model_config.get("shortcut"),
                              stride_in_1x1=model_config.get("stride_in_1x1", True), weights=str(path))
-        return model, {"model": model_config, "run": None}
+        from ..models.weights import read_weights_metadata
+
+        return model, {"model": model_config, "run": read_weights_metadata(path).get("config")}
     state = load_checkpoint(path)
     try:
         config = from_dict(state["config"])

@@ -212,9 +212,10 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
 
         if schedule.warmup_active and step % WARMUP_CHECK_EVERY == 0:
             w = reduced(warm)
+            recent_error = 100.0 * float(w[0] / w[1])
             warm.zero_()
-            if schedule.observe_train_error(step, 100.0 * float(w[0] / w[1])):
-                log.write({"event": "warmup_end", "iteration": step, "train_error": 100.0 * float(w[0] / w[1])})
+            if schedule.observe_train_error(step, recent_error):
+                log.write({"event": "warmup_end", "iteration": step, "train_error": recent_error})
 
         is_last = step == config.optim.iters
         log_now = step % config.log_every == 0 or is_last
@@ -231,7 +232,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                     f"the training loss became non-finite at iteration {int(bad_step)} (lr {lr:g}); stopping. "
                     f"The last good checkpoint is kept in {checkpoint_dir(run_dir)}")
         if log_now:
-            w = reduced(window)
+            w = reduced(window).clone()
             elapsed = time.perf_counter() - t_window
             log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
                        "lr": lr, "train_loss": float(w[0] / w[3]),
@@ -258,7 +259,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                "precision": rt.precision, "processes": rt.world_size, **bad_images()}
     if rt.is_main:
         save_weights(run_dir / "model.safetensors", model, model_config_dict(config, data.num_classes, data.classes),
-                     metadata={k: v for k, v in summary.items() if k != "event"})
+                     metadata={**{k: v for k, v in summary.items() if k != "event"}, "config": to_dict(config)})
         log.write(summary)
     log.close()
     return summary

@@ -1,0 +1,230 @@
+"""The training engine: run directory, exact resume, kill -9, divergence, warm-up, eval."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import resnets
+from resnets.cli import main
+from resnets.config import resolve_config
+from resnets.errors import CheckpointError, ConfigError, TrainingDiverged
+from resnets.train import engine
+from resnets.train.checkpoint import load_checkpoint
+from resnets.train.metrics_log import read_metrics
+from resnets.train.schedule import LrSchedule
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    values = {"model.name": "cifar_resnet8", "data.path": str(data), "data.val_size": 50, "optim.batch_size": 16,
+              "optim.iters": 12, "optim.milestones": "6,9", "log_every": 2, "eval_every": 6,
+              "checkpoint_every": 4, "out": str(out), "device": "cpu", "precision": "fp32",
+              "tensorboard": False}
+    values.update(overrides)
+    return resolve_config(overrides=values)
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    # images/s is a measurement of the machine, not of the run.
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in read_metrics(run_dir)
+            if r["event"] in ("train", "val")]
+
+
+def final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_cifar, tmp_path_factory):
+    """One uninterrupted run that the resume tests compare against."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    summary = engine.train(tiny_config(tiny_cifar, out))
+    return out, summary
+
+
+def test_run_directory_contents(reference_run):
+    out, summary = reference_run
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["name"] == "cifar_resnet8" and config["optim"]["iters"] == 12
+    rows = read_metrics(out)
+    train = [r for r in rows if r["event"] == "train"]
+    assert [r["iteration"] for r in train] == [2, 4, 6, 8, 10, 12]
+    assert {"iteration", "epoch", "lr", "train_loss", "train_error", "images_per_s"} <= train[0].keys()
+    # "divide by 10 at 6 and 9 iterations": iterations 7-9 run at 0.01, 10 onwards at 0.001.
+    assert [r["lr"] for r in train] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.001, 0.001])
+    val = [r for r in rows if r["event"] == "val"]
+    assert [r["iteration"] for r in val] == [6, 12] and all(r["val_images"] == 50 for r in val)
+    assert rows[-1]["event"] == "summary" and rows[-1]["val_error"] == val[-1]["val_error"] == summary["val_error"]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert ckpt["iteration"] == 12
+    assert (out / "checkpoints" / "previous.pt").exists()
+    model = resnets.create_model("cifar_resnet8", weights=str(out / "model.safetensors"))
+    assert model.input_norm is not None and model.input_norm.mean.shape == (3, 32, 32)
+
+
+def test_eval_command_matches_training_validation(reference_run, tiny_cifar, capsys):
+    out, summary = reference_run
+    for checkpoint in (out / "model.safetensors", out / "checkpoints" / "last.pt"):
+        assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(tiny_cifar), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["split"] == "val" and result["n"] == 50
+        assert result["top1_err"] == pytest.approx(summary["val_error"], abs=1e-9)
+        assert 0 <= result["top5_err"] <= result["top1_err"]
+
+
+def test_resume_after_crash_equals_uninterrupted(reference_run, tiny_cifar, tmp_path, monkeypatch):
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    saves = []
+    real_save = engine.save_checkpoint
+
+    def crash_after_second_save(run_dir, state):
+        real_save(run_dir, state)
+        saves.append(state["iteration"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process dies right after the checkpoint at iteration 6
+
+    monkeypatch.setattr(engine, "save_checkpoint", crash_after_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(tiny_cifar, out))
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    assert saves == [4, 6]
+    engine.train(tiny_config(tiny_cifar, out), resume=True)
+    assert train_rows(out) == train_rows(ref_out)
+    assert_same_weights(final_weights(out), final_weights(ref_out))
+
+
+def test_kill_9_then_resume_equals_uninterrupted(reference_run, tiny_cifar, tmp_path):
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "resnets", "train", "--model", "cifar_resnet8", "--data", str(tiny_cifar),
+            "--val-size", "50", "--batch-size", "16", "--iters", "12", "--milestones", "6,9", "--log-every", "2",
+            "--eval-every", "6", "--checkpoint-every", "1", "--out", str(out), "--device", "cpu",
+            "--precision", "fp32", "--no-tensorboard"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():
+            try:
+                if load_checkpoint(last)["iteration"] >= 3:
+                    break
+            except CheckpointError:
+                pass
+        time.sleep(0.05)
+    assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["iteration"]
+    assert killed_at < 12 and not (out / "model.safetensors").exists()
+    done = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert train_rows(out) == train_rows(ref_out)
+    assert_same_weights(final_weights(out), final_weights(ref_out))
+
+
+def test_resume_refuses_changed_critical_settings(reference_run, tiny_cifar):
+    out, _ = reference_run
+    with pytest.raises(ConfigError, match=r"optim.batch_size \(16 -> 32\)"):
+        engine.train(tiny_config(tiny_cifar, out, **{"optim.batch_size": 32}), resume=True)
+
+
+def test_new_run_refuses_to_overwrite(reference_run, tiny_cifar):
+    out, _ = reference_run
+    with pytest.raises(ConfigError, match="already holds a run"):
+        engine.train(tiny_config(tiny_cifar, out))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_cifar, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(CheckpointError, match="last.pt is corrupt or truncated"):
+        engine.train(tiny_config(tiny_cifar, out), resume=True)
+    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--data", str(tiny_cifar)]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        engine.train(tiny_config(tiny_cifar, tmp_path / "empty"), resume=True)
+
+
+def test_damaged_last_checkpoint_falls_back_to_previous(reference_run, tiny_cifar, tmp_path):
+    import shutil
+
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    (out / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="resuming from .*previous.pt"):
+        engine.train(tiny_config(tiny_cifar, out, **{"optim.iters": 14}), resume=True)
+    assert read_metrics(out)[-1]["iteration"] == 14
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_path, monkeypatch, capsys):
+    real_ce = engine.F.cross_entropy
+    calls = []
+
+    def poisoned(logits, target, **kw):
+        loss = real_ce(logits, target, **kw)
+        if logits.requires_grad:
+            calls.append(1)
+            if len(calls) >= 10:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
+    out = tmp_path / "run"
+    args = ["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50", "--batch-size", "16",
+            "--iters", "12", "--log-every", "3", "--eval-every", "100", "--checkpoint-every", "4", "--out", str(out),
+            "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "non-finite at iteration 10" in err
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["iteration"] == 8
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "model.safetensors").exists()
+
+
+def test_warmup_holds_lr_until_training_error_drops(tiny_cifar, tmp_path):
+    out = tmp_path / "run"
+    engine.train(tiny_config(tiny_cifar, out, **{"optim.warmup": "on", "optim.warmup_until_error": 100.5,
+                                                   "optim.iters": 14, "optim.milestones": "100"}))
+    rows = read_metrics(out)
+    lrs = {r["iteration"]: r["lr"] for r in rows if r["event"] == "train"}
+    assert lrs[2] == lrs[10] == pytest.approx(0.01) and lrs[12] == pytest.approx(0.1)
+    assert [r["iteration"] for r in rows if r["event"] == "warmup_end"] == [10]
+
+
+def test_schedule_warmup_auto_for_depth_110_and_milestones():
+    config = resolve_config().optim
+    s110, s56 = LrSchedule.for_model(config, 110), LrSchedule.for_model(config, 56)
+    assert s110.warmup_active and not s56.warmup_active
+    assert s110.lr_at(0) == 0.01
+    assert not s110.observe_train_error(100, 85.0) and s110.observe_train_error(400, 79.0)
+    assert [s110.lr_at(i) for i in (401, 31999, 32000, 47999, 48000)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_plateau_schedule_divides_after_patience():
+    config = resolve_config(overrides={"optim.schedule": "plateau", "optim.plateau_patience": 2}).optim
+    s = LrSchedule.for_model(config, 50)
+    drops = [s.observe_val_error(e) for e in (50, 40, 41, 40.5, 39, 39.5, 39.2)]
+    assert drops == [False, False, False, True, False, False, True]
+    assert s.lr_at(0) == pytest.approx(0.001)
