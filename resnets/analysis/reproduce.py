@@ -36,7 +36,8 @@ class PlannedRun:
 
 
 def plan_runs(depths: Sequence[int], plain: bool, seeds: int, out: str | Path) -> list[PlannedRun]:
-    """Residual nets first (shallow to deep), then plain nets; seeds 0..seeds-1 for each."""
+    """Seed 0 of every network first (residual shallow to deep, then plain), then seed 1, ...:
+    an experiment cut short still has one complete table."""
     if seeds < 1:
         raise ConfigError(f"--seeds: expected a positive number of seeds, got {seeds}")
     if not depths:
@@ -48,7 +49,7 @@ def plan_runs(depths: Sequence[int], plain: bool, seeds: int, out: str | Path) -
         except ValueError as e:
             raise ConfigError(f"--depths: {e}") from None
     runs_dir = Path(out) / "runs"
-    return [PlannedRun(m, s, runs_dir / f"{m}-s{s}") for m in models for s in range(seeds)]
+    return [PlannedRun(m, s, runs_dir / f"{m}-s{s}") for s in range(seeds) for m in models]
 
 
 def run_config(run: PlannedRun, data: str | None, overrides: Mapping[str, Any]) -> TrainConfig:

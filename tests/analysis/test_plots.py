@@ -1,0 +1,40 @@
+"""Figures are real PNGs of the documented pixel size."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from resnets.analysis import plots
+from resnets.analysis.cli import main
+from resnets.analysis.responses import ResponseStats
+from resnets.analysis.runs import load_run
+
+
+def test_training_curves_png(tmp_path, fake_run):
+    rng = np.random.default_rng(0)
+    dirs = []
+    for model, seed in (("cifar_resnet20", 0), ("cifar_plain20", 1)):
+        fake_run(tmp_path / f"{model}-s{seed}", model, seed, rng)
+        dirs.append(str(tmp_path / f"{model}-s{seed}"))
+    out = tmp_path / "figs" / "curves.png"
+    assert main(["plot", *dirs, "--out", str(out), "--title", "Fig. 6"]) == 0
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+        w, h = plots.CURVES_FIGSIZE
+        assert img.size == (int(w * plots.DPI), int(h * plots.DPI))
+        # Not a blank canvas: the curves put many distinct colours on it.
+        assert len(img.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 10
+    # The module function is what the CLI ran: same runs, same size.
+    again = plots.plot_training_curves([load_run(d) for d in dirs], tmp_path / "again.png")
+    assert Image.open(again).size == Image.open(out).size
+
+
+def test_responses_png(tmp_path):
+    results = [ResponseStats("cifar_resnet8", [f"l{i}" for i in range(7)], list(np.linspace(1, 0.2, 7)), 10),
+               ResponseStats("cifar_plain8", [f"l{i}" for i in range(7)], list(np.linspace(0.5, 2, 7)), 10)]
+    out = plots.plot_responses(results, tmp_path / "fig7.png")
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+        w, h = plots.RESPONSES_FIGSIZE
+        assert img.size == (int(w * plots.DPI), int(h * plots.DPI))

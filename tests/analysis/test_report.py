@@ -1,0 +1,79 @@
+"""Report tables are computed from the run directories, not typed in."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+
+from resnets.analysis.report import PAPER_TABLE6_ERROR, render_report, table6_markdown
+from resnets.analysis.runs import FINAL_TRAIN_FRACTION, find_runs, load_run, run_state, summarize
+from resnets.errors import DataError
+
+
+@pytest.fixture
+def experiment(tmp_path, fake_run):
+    """3 seeds of resnet20 and resnet56, 2 of plain20, and one unfinished plain20 run."""
+    rng = np.random.default_rng(1234)
+    jpeg_root = tmp_path / "data"
+    (jpeg_root / "train" / "airplane").mkdir(parents=True)
+    (jpeg_root / "train" / "airplane" / "0000.jpg").write_bytes(b"")
+    made = {}
+    for model, seeds, params in (("cifar_resnet20", 3, 270_000), ("cifar_resnet56", 3, 850_000),
+                                 ("cifar_plain20", 2, 270_000)):
+        for seed in range(seeds):
+            made[(model, seed)] = fake_run(tmp_path / "exp" / "runs" / f"{model}-s{seed}", model, seed, rng,
+                                                 params=params, data_path=str(jpeg_root))
+    fake_run(tmp_path / "exp" / "runs" / "cifar_plain20-s2", "cifar_plain20", 2, rng, finished=False,
+                   data_path=str(jpeg_root))
+    return tmp_path / "exp", made
+
+
+def expected_train_error(train: list[tuple[int, float]]) -> float:
+    last = train[-1][0]
+    return statistics.fmean(e for it, e in train if it > last * (1 - FINAL_TRAIN_FRACTION))
+
+
+def test_table_numbers_are_mean_and_std_of_the_runs(experiment):
+    out, made = experiment
+    runs = find_runs(out)
+    assert [r.run_dir.name for r in runs][:3] == ["cifar_resnet20-s0", "cifar_resnet20-s1", "cifar_resnet20-s2"]
+    rows = {r.model: r for r in summarize(runs)}
+    for model in ("cifar_resnet20", "cifar_resnet56", "cifar_plain20"):
+        seeds = [s for (m, s) in made if m == model]
+        val = [made[(model, s)]["val"][-1][1] for s in seeds]
+        train = [expected_train_error(made[(model, s)]["train"]) for s in seeds]
+        mean, std = rows[model].val_mean_std
+        assert mean == pytest.approx(statistics.fmean(val)) and std == pytest.approx(statistics.stdev(val))
+        tmean, tstd = rows[model].train_mean_std
+        assert tmean == pytest.approx(statistics.fmean(train)) and tstd == pytest.approx(statistics.stdev(train))
+        assert rows[model].runs == len(seeds)
+    assert rows["cifar_plain20"].unfinished == 1
+
+    table = table6_markdown(list(rows.values()))
+    r56 = rows["cifar_resnet56"]
+    line = next(l for l in table.splitlines() if l.startswith("| cifar_resnet56 "))
+    assert f"{r56.val_mean_std[0]:.2f} ± {r56.val_mean_std[1]:.2f}" in line
+    assert PAPER_TABLE6_ERROR[56] in line and "0.85M" in line
+    plain = next(l for l in table.splitlines() if l.startswith("| cifar_plain20 "))
+    assert "2 (+1 unfinished)" in plain and "Fig. 6" in plain
+
+
+def test_report_names_data_schedule_and_figures(experiment):
+    out, _ = experiment
+    text = render_report(find_runs(out), {"Fig. 6 (middle): ResNets": "fig6_resnets.png"})
+    assert "JPEG" in text and "not comparable" in text.replace("**", "")
+    assert "Shortened schedule" in text and "`optim.iters=200`" in text
+    assert "![Fig. 6 (middle): ResNets](fig6_resnets.png)" in text
+    assert "cifar_plain20-s2 | interrupted" in text
+
+
+def test_run_states_and_bad_run_dir(tmp_path, fake_run):
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path / "done", "cifar_resnet8", 0, rng)
+    fake_run(tmp_path / "half", "cifar_resnet8", 0, rng, finished=False)
+    (tmp_path / "new").mkdir()
+    assert [run_state(tmp_path / n) for n in ("done", "half", "new")] == ["finished", "interrupted", "new"]
+    with pytest.raises(DataError, match="no config.yaml"):
+        load_run(tmp_path / "new")

@@ -1,0 +1,71 @@
+"""`reproduce` trains what is missing: finished runs are skipped, an interrupted one resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import resnets.train.engine as engine
+from resnets.analysis.reproduce import execute_runs, plan_runs, reproduce_cifar10
+from resnets.analysis.runs import find_runs, run_state
+from resnets.errors import ConfigError
+from resnets.train.metrics_log import read_metrics
+
+
+def overrides(tmp_path, iters: int = 4) -> dict:
+    return {"optim.iters": iters, "optim.milestones": [2, 3], "optim.batch_size": 16, "data.val_size": 50,
+            "data.cache_dir": str(tmp_path / "cache"), "eval_every": 2, "log_every": 1, "checkpoint_every": 2,
+            "precision": "fp32", "device": "cpu", "tensorboard": False}
+
+
+def test_skip_finished_and_resume_interrupted(tmp_path, tiny_cifar, monkeypatch):
+    out = tmp_path / "exp"
+    real_save = engine.save_checkpoint
+
+    def save_then_die(run_dir, state):
+        # A kill right after seed 1's first checkpoint (iteration 2 of 4).
+        real_save(run_dir, state)
+        if run_dir.name.endswith("-s1") and state["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce_cifar10([8], out=out, data=str(tiny_cifar), seeds=2, overrides=overrides(tmp_path),
+                          response_images=0)
+    s0, s1 = (out / "runs" / f"cifar_resnet8-s{s}" for s in (0, 1))
+    assert run_state(s0) == "finished" and run_state(s1) == "interrupted"
+    finished_at = (s0 / "model.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+
+    calls = []
+    real_train = engine.train
+
+    def recording_train(config, resume=False):
+        calls.append((config.out, resume))
+        return real_train(config, resume)
+
+    monkeypatch.setattr(engine, "train", recording_train)
+    report = reproduce_cifar10([8], out=out, data=str(tiny_cifar), seeds=2, overrides=overrides(tmp_path),
+                               response_images=10)
+    assert calls == [(str(s1), True)]  # s0 skipped, s1 resumed from its checkpoint
+    assert (s0 / "model.safetensors").stat().st_mtime_ns == finished_at
+    rows = read_metrics(s1)
+    assert [r["iteration"] for r in rows if r["event"] == "train"] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in rows if r["event"] == "summary"] == [4]
+
+    # The report's numbers are the two seeds' summaries.
+    vals = [read_metrics(d)[-1]["val_error"] for d in (s0, s1)]
+    text = report.read_text()
+    mean = sum(vals) / 2
+    std = (sum((v - mean) ** 2 for v in vals)) ** 0.5  # sample std of two values: |a - b| / sqrt(2)
+    assert f"{mean:.2f} ± {std:.2f}" in text
+    assert "Shortened schedule" in text and "class folders" in text
+    assert {r.state for r in find_runs(out)} == {"finished"}
+    assert len(json.loads((out / "responses.json").read_text())[0]["layers"]) == 7
+    for fig in ("fig6_resnets.png", "fig7_responses.png"):
+        assert (out / fig).stat().st_size > 0 and f"]({fig})" in text
+
+    # A finished run trained with another schedule is not silently reused.
+    with pytest.raises(ConfigError, match="optim.iters"):
+        execute_runs(plan_runs([8], False, 1, out), str(tiny_cifar), overrides(tmp_path, iters=6), log=lambda s: None)
