@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResnetsError as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"resnets {args.command}: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..config import TrainConfig, resolve_config, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..models import model_spec
 from .plots import plot_responses, plot_training_curves
 from .report import write_report
@@ -97,7 +97,12 @@ def execute_runs(plan: Sequence[PlannedRun], data: str | None, overrides: Mappin
             log(f"[{i}/{len(plan)}] {run.run_dir.name}: finished, skipped")
             continue
         log(f"[{i}/{len(plan)}] {run.run_dir.name}: " + ("resuming" if state == "interrupted" else "training"))
-        train(config, resume=state == "interrupted")
+        try:
+            train(config, resume=state == "interrupted")
+        except TrainingDiverged as e:
+            # One diverging network (e.g. a deep plain net at lr 0.1) must not stop the
+            # others; it stays unfinished in the report.
+            log(f"[{i}/{len(plan)}] {run.run_dir.name}: {e}")
     return before
 
 

@@ -7,9 +7,10 @@ import json
 import pytest
 
 import resnets.train.engine as engine
+from resnets.analysis.cli import main
 from resnets.analysis.reproduce import execute_runs, plan_runs, reproduce_cifar10
 from resnets.analysis.runs import find_runs, run_state
-from resnets.errors import ConfigError
+from resnets.errors import ConfigError, TrainingDiverged
 from resnets.train.metrics_log import read_metrics
 
 
@@ -46,8 +47,13 @@ def test_skip_finished_and_resume_interrupted(tmp_path, tiny_cifar, monkeypatch)
         return real_train(config, resume)
 
     monkeypatch.setattr(engine, "train", recording_train)
-    report = reproduce_cifar10([8], out=out, data=str(tiny_cifar), seeds=2, overrides=overrides(tmp_path),
-                               response_images=10)
+    # The same experiment through the command line: its flags must make the same configs.
+    assert main(["reproduce", "cifar10", "--depths", "8", "--seeds", "2", "--data", str(tiny_cifar), "--out", str(out),
+                 "--iters", "4", "--milestones", "2,3", "--batch-size", "16", "--val-size", "50",
+                 "--cache-dir", str(tmp_path / "cache"), "--eval-every", "2", "--log-every", "1",
+                 "--checkpoint-every", "2", "--precision", "fp32", "--device", "cpu", "--no-tensorboard",
+                 "--response-images", "10"]) == 0
+    report = out / "report.md"
     assert calls == [(str(s1), True)]  # s0 skipped, s1 resumed from its checkpoint
     assert (s0 / "model.safetensors").stat().st_mtime_ns == finished_at
     rows = read_metrics(s1)
@@ -69,3 +75,24 @@ def test_skip_finished_and_resume_interrupted(tmp_path, tiny_cifar, monkeypatch)
     # A finished run trained with another schedule is not silently reused.
     with pytest.raises(ConfigError, match="optim.iters"):
         execute_runs(plan_runs([8], False, 1, out), str(tiny_cifar), overrides(tmp_path, iters=6), log=lambda s: None)
+
+
+def test_plan_order_and_a_diverging_run_does_not_stop_the_rest(tmp_path):
+    plan = plan_runs([20, 56], True, 2, tmp_path)
+    assert [p.run_dir.name for p in plan] == [
+        "cifar_resnet20-s0", "cifar_resnet56-s0", "cifar_plain20-s0", "cifar_plain56-s0",
+        "cifar_resnet20-s1", "cifar_resnet56-s1", "cifar_plain20-s1", "cifar_plain56-s1"]
+    trained = []
+
+    def fake_train(config, resume=False):
+        trained.append((config.model.name, config.seed, config.optim.iters, resume))
+        if config.model.name == "cifar_plain56":
+            raise TrainingDiverged("the training loss became non-finite")
+        return {}
+
+    messages = []
+    execute_runs(plan, "/data", {"optim.iters": 10}, train=fake_train, log=messages.append)
+    assert len(trained) == 8 and all(t[2] == 10 and not t[3] for t in trained)
+    assert sum("non-finite" in m for m in messages) == 2
+    with pytest.raises(ConfigError, match="--depths"):
+        plan_runs([21], False, 1, tmp_path)
