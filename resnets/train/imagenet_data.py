@@ -35,7 +35,7 @@ from torch import Tensor
 from ..config import TrainConfig
 from ..data.imagenet import ImageFolder, imagenet_datasets, imagenet_loader
 from ..data.transforms import compute_mean_image, eval_transform, pca_lighting, train_transform
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .data import RunData, per_process_batch
 from .runtime import Runtime
 
@@ -181,19 +181,20 @@ def load_or_compute_mean_image(train: ImageFolder, config: TrainConfig, runtime:
     Other processes receive it by broadcast (no shared file system needed across nodes).
     """
     path = Path(config.out) / MEAN_FILE
+    # The cache records what it was computed from; a different data set or size recomputes it.
+    source = {"train_root": train.root, "num_images": len(train), "crop": crop, "max_images": max_images,
+              "seed": config.seed}
     mean = torch.zeros(3, crop, crop)
     if runtime.is_main:
-        if path.is_file():
-            mean = torch.load(path, map_location="cpu", weights_only=True)
-            if tuple(mean.shape) != (3, crop, crop):
-                raise DataError(f"{path}: cached mean image has shape {tuple(mean.shape)}, expected (3, {crop}, {crop}); "
-                                "delete it to recompute")
+        cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if isinstance(cached, dict) and cached.get("source") == source:
+            mean = cached["mean"]
         else:
             mean = compute_mean_image(train, crop, max_images, num_workers=config.data.workers, seed=config.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             from ..models.weights import atomic_write
 
-            atomic_write(path, lambda tmp: torch.save(mean, tmp))
+            atomic_write(path, lambda tmp: torch.save({"mean": mean, "source": source}, tmp))
     if runtime.distributed:
         buf = mean.to(runtime.device)
         dist.broadcast(buf, src=0)

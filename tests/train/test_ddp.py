@@ -166,7 +166,7 @@ def test_imagenet_data_under_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(record / f"rank{r}.pt", weights_only=True) for r in range(2)]
     # Rank 0 computed the mean image (and cached it in the run directory); rank 1 received it.
-    cached = torch.load(tmp_path / "run" / "mean_image.pt", weights_only=True)
+    cached = torch.load(tmp_path / "run" / "mean_image.pt", weights_only=True)["mean"]
     assert torch.equal(ranks[0]["mean"], cached) and torch.equal(ranks[1]["mean"], cached)
     # The two shares of step 3 make the one-process batch of step 3.
     one = build_imagenet(resolve_config(None, dict(values, out=str(tmp_path / "one"))),

@@ -121,6 +121,9 @@ def test_mean_image_is_cached_in_the_run_dir(tmp_path, small_tree, monkeypatch):
     monkeypatch.setattr(imagenet_data, "compute_mean_image", refuse)
     again = build_small(config)
     assert torch.equal(first.mean_image, again.mean_image)
+    # Another data set (here: another crop size) does not reuse it.
+    with pytest.raises(AssertionError, match="recomputed"):
+        build_imagenet(config, CPU, crop=24, scale_range=(36, 48), mean_max_images=100)
 
 
 def test_bad_images_are_skipped_and_counted(tmp_path):
@@ -150,7 +153,7 @@ def test_imagenet_paper_preset_end_to_end(tmp_path):
     vals = [r for r in rows if r["event"] == "val"]
     assert [r["iteration"] for r in vals] == [1, 2] and all(r["val_images"] == 3 for r in vals)
     assert all(r["bad_images"] == 0 for r in rows if r["event"] == "train")
-    mean = torch.load(Path(config.out) / imagenet_data.MEAN_FILE, weights_only=True)
+    mean = torch.load(Path(config.out) / imagenet_data.MEAN_FILE, weights_only=True)["mean"]
     assert mean.shape == (3, 224, 224)
     model = create_model("resnet18", weights=str(Path(config.out) / "model.safetensors"))
     assert model.input_norm is not None and model.input_norm.kind == "per_pixel_mean"
