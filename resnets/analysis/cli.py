@@ -41,7 +41,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
     report = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
                                seeds=args.seeds, overrides=overrides, response_images=args.response_images,
-                               command=command)
+                               command=command, report_only=args.report_only)
     print(f"report: {report}")
     return 0
 
@@ -63,6 +63,8 @@ def add_reproduce_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="experiment directory (runs/, figures, report.md)")
     p.add_argument("--response-images", type=int, default=500, metavar="N",
                    help="validation images for Fig. 7 (0: skip it; default: %(default)s)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the figures and report.md from the runs as they are now")
     group = p.add_argument_group("schedule and run settings (shortening the schedule is noted in the report)")
     for flag in PASSTHROUGH_FLAGS:
         key, extra = FLAGS[flag]

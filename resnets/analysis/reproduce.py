@@ -108,13 +108,18 @@ def execute_runs(plan: Sequence[PlannedRun], data: str | None, overrides: Mappin
 
 def reproduce_cifar10(depths: Sequence[int], *, out: str | Path, data: str | None, plain: bool = False,
                       seeds: int = 1, overrides: Mapping[str, Any] | None = None, response_images: int = 500,
-                      command: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """Train (or finish) every run, then write figures and OUT/report.md; returns the report's path."""
+                      command: str | None = None, report_only: bool = False,
+                      log: Callable[[str], None] = print) -> Path:
+    """Train (or finish) every run, then write figures and OUT/report.md; returns the report's path.
+
+    `report_only`: train nothing, report on the runs as they are (e.g. while they train elsewhere).
+    """
     out = Path(out)
     overrides = dict(overrides or {})
     plan = plan_runs(depths, plain, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
-    execute_runs(plan, data, overrides, log=log)
+    if not report_only:
+        execute_runs(plan, data, overrides, log=log)
     return write_outputs(out, plan, data, response_images, command)
 
 

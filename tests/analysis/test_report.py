@@ -77,3 +77,15 @@ def test_run_states_and_bad_run_dir(tmp_path, fake_run):
     assert [run_state(tmp_path / n) for n in ("done", "half", "new")] == ["finished", "interrupted", "new"]
     with pytest.raises(DataError, match="no config.yaml"):
         load_run(tmp_path / "new")
+
+
+def test_report_only_reports_the_planned_runs(experiment):
+    from resnets.analysis.reproduce import reproduce_cifar10
+
+    out, _ = experiment
+    # Plan: resnet20 and plain20, seeds 0-1; resnet56 and the other seeds are not in it.
+    report = reproduce_cifar10([20], out=out, data=None, plain=True, seeds=2, report_only=True)
+    text = report.read_text()
+    assert "| cifar_resnet20 | 20 |" in text and "| cifar_plain20 | 20 |" in text
+    assert "cifar_resnet56" not in text and "cifar_resnet20-s2" not in text
+    assert (out / "fig6_resnets.png").is_file() and (out / "fig6_plain.png").is_file()
