@@ -104,9 +104,9 @@ class RPN(nn.Module):
             keep = remove_small_boxes(boxes, cfg.rpn_min_box_size)
             boxes, s, lab = boxes[keep], scores[i, keep], cls_idx[i, keep]
             if cfg.rpn_per_class:
-                keep = batched_nms(boxes, s, lab, cfg.rpn_nms)[:post_n]
+                keep = batched_nms(boxes, s, lab, cfg.rpn_nms, max_output=post_n)
             else:
-                keep = nms(boxes, s, cfg.rpn_nms)[:post_n]
+                keep = nms(boxes, s, cfg.rpn_nms, max_output=post_n)
             proposals.append(boxes[keep])
             labels.append(lab[keep] + 1 if cfg.rpn_per_class else None)
         return proposals, labels

@@ -4,9 +4,10 @@ Semantics follow `torchvision.ops` exactly (boxes are ``(x1, y1, x2, y2)`` in
 absolute coordinates, area is ``(x2 - x1) * (y2 - y1)`` without a ``+1``), so
 results can be compared one to one. torchvision itself is not a dependency.
 
-NMS is vectorised: the pairwise "suppresses" relation is computed with tensor
-ops (in row chunks, bit-packed), and only the final greedy sweep - inherently
-sequential - runs as a tight loop over packed bit rows in NumPy.
+NMS is vectorised in blocks of boxes (in score order): a block is tested against
+every box kept so far with one tensor op, and only the greedy sweep inside a block -
+inherently sequential - runs as a short loop over NumPy boolean rows. The work is
+~(#kept x #boxes) rather than #boxes^2, and can stop early at ``max_output``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from torch import Tensor
 
 __all__ = ["box_area", "box_iou", "nms", "batched_nms", "clip_boxes_to_image", "remove_small_boxes"]
 
-# Rows of the pairwise IoU matrix computed at once in NMS: bounds the float
-# intermediate to _NMS_CHUNK * N elements (e.g. 1024 x 12000 x 4 B = 48 MB).
-_NMS_CHUNK = 1024
+# Boxes resolved per NMS block; the largest intermediate is #kept x _NMS_BLOCK floats.
+_NMS_BLOCK = 256
 
 
 def box_area(boxes: Tensor) -> Tensor:
@@ -45,67 +45,100 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union
 
 
-def _suppression_bits(boxes: Tensor, idxs: Tensor | None, iou_threshold: float) -> np.ndarray:
-    """Bit-packed matrix S with S[i, j] = 1 iff box i (earlier in score order)
-    suppresses box j > i: IoU(i, j) > threshold (and same category)."""
-    n = boxes.shape[0]
-    areas = box_area(boxes)
-    rows = []
-    col = torch.arange(n, device=boxes.device)
-    for start in range(0, n, _NMS_CHUNK):
-        stop = min(start + _NMS_CHUNK, n)
-        inter = _pairwise_inter(boxes[start:stop], boxes)
-        # Same expression order as torchvision's kernel: inter / (a_i + a_j - inter).
-        iou = inter / (areas[start:stop, None] + areas[None, :] - inter)
-        sup = iou > iou_threshold  # nan (two empty boxes) compares False: never suppresses
-        sup &= col[None, :] > torch.arange(start, stop, device=boxes.device)[:, None]
-        if idxs is not None:
-            sup &= idxs[start:stop, None] == idxs[None, :]
-        rows.append(np.packbits(sup.cpu().numpy(), axis=1, bitorder="little"))
-    return np.concatenate(rows, axis=0)
+def _iou_above(a: Tensor, area_a: Tensor, b: Tensor, area_b: Tensor, thr: float) -> Tensor:
+    """``iou(a_i, b_j) > thr`` as ``[len(a), len(b)]`` bools, computed like torchvision's
+    kernel (``inter / (area_i + area_j - inter)``) with in-place ops to limit passes."""
+    w = torch.minimum(a[:, None, 2], b[None, :, 2]).sub_(torch.maximum(a[:, None, 0], b[None, :, 0])).clamp_(min=0)
+    h = torch.minimum(a[:, None, 3], b[None, :, 3]).sub_(torch.maximum(a[:, None, 1], b[None, :, 1])).clamp_(min=0)
+    inter = w.mul_(h)
+    union = (area_a[:, None] + area_b[None, :]).sub_(inter)
+    return inter.div_(union) > thr  # nan (two empty boxes) compares False: never suppresses
 
 
-def _greedy(bits: np.ndarray, n: int) -> np.ndarray:
-    """Greedy sweep over the bit-packed suppression matrix (rows in score order)."""
-    removed = np.zeros(bits.shape[1], dtype=np.uint8)
+def _greedy_block(sup: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Greedy sweep inside one block: ``sup[i, j]`` (j > i) says i suppresses j."""
+    removed = ~alive
     keep = []
-    for i in range(n):
-        if removed[i >> 3] >> (i & 7) & 1:
+    for i in range(sup.shape[0]):
+        if removed[i]:
             continue
         keep.append(i)
-        np.bitwise_or(removed, bits[i], out=removed)
+        removed |= sup[i]
     return np.asarray(keep, dtype=np.int64)
 
 
-def _nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> Tensor:
+def _nms_sorted(boxes: Tensor, idxs: Tensor | None, thr: float, max_output: int | None) -> Tensor:
+    """Greedy NMS over boxes already sorted by decreasing score; returns kept positions.
+
+    Blocked so that work is ~ (#kept x #boxes) instead of #boxes^2: each block of
+    _NMS_BLOCK boxes is first tested against all boxes kept so far (one tensor op),
+    then resolved greedily inside the block. Exactly the sequential greedy result.
+    """
+    n = boxes.shape[0]
+    areas = box_area(boxes)
+    kept: list[Tensor] = []
+    kept_boxes = boxes[:0]
+    kept_areas = areas[:0]
+    kept_idxs = idxs[:0] if idxs is not None else None
+    total = 0
+    tri = torch.ones(_NMS_BLOCK, _NMS_BLOCK, dtype=torch.bool, device=boxes.device).triu_(1)
+    for start in range(0, n, _NMS_BLOCK):
+        stop = min(start + _NMS_BLOCK, n)
+        b, a = boxes[start:stop], areas[start:stop]
+        alive = torch.ones(stop - start, dtype=torch.bool, device=boxes.device)
+        if kept_boxes.shape[0]:
+            sup = _iou_above(kept_boxes, kept_areas, b, a, thr)
+            if idxs is not None:
+                sup &= kept_idxs[:, None] == idxs[None, start:stop]
+            alive = ~sup.any(dim=0)
+        inner = _iou_above(b, a, b, a, thr) & tri[: stop - start, : stop - start]
+        if idxs is not None:
+            inner &= idxs[start:stop, None] == idxs[None, start:stop]
+        local = torch.from_numpy(_greedy_block(inner.cpu().numpy(), alive.cpu().numpy())).to(boxes.device)
+        if max_output is not None:
+            local = local[: max_output - total]
+        if local.numel():
+            kept.append(local + start)
+            kept_boxes = torch.cat([kept_boxes, b[local]])
+            kept_areas = torch.cat([kept_areas, a[local]])
+            if idxs is not None:
+                kept_idxs = torch.cat([kept_idxs, idxs[start:stop][local]])
+            total += local.numel()
+        if max_output is not None and total >= max_output:
+            break
+    return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64, device=boxes.device)
+
+
+def _nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float, max_output: int | None = None) -> Tensor:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be Tensor[N, 4], got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"scores must be Tensor[{boxes.shape[0]}], got shape {tuple(scores.shape)}")
-    n = boxes.shape[0]
-    if n == 0:
+    if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     # Stable sort: among equal scores the lower index wins (deterministic ties).
     order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order]
     sorted_idxs = idxs[order] if idxs is not None else None
-    bits = _suppression_bits(sorted_boxes.detach(), sorted_idxs, float(iou_threshold))
-    keep = torch.from_numpy(_greedy(bits, n)).to(boxes.device)
+    keep = _nms_sorted(boxes.detach()[order], sorted_idxs, float(iou_threshold), max_output)
     return order[keep]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, max_output: int | None = None) -> Tensor:
     """Greedy non-maximum suppression (``torchvision.ops.nms`` semantics).
 
     Processes boxes by decreasing score and discards every box whose IoU with an
     already kept box is strictly greater than ``iou_threshold`` (IoU exactly at
     the threshold is kept). Returns int64 indices of kept boxes, sorted by
-    decreasing score; equal scores keep the lower index first.
+    decreasing score; equal scores keep the lower index first. ``max_output``
+    (an extension, not in torchvision) stops after that many kept boxes - the same
+    result as slicing, only faster (RPN keeps 2000 of 12000).
     """
-    return _nms(boxes, scores, None, iou_threshold)
+    return _nms(boxes, scores, None, iou_threshold, max_output)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, max_output: int | None = None
+) -> Tensor:
     """NMS independently per category ``idxs`` (``torchvision.ops.batched_nms``).
 
     Boxes of different categories never suppress each other. Unlike the usual
@@ -114,7 +147,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if idxs.shape != boxes.shape[:1]:
         raise ValueError(f"idxs must be Tensor[{boxes.shape[0]}], got shape {tuple(idxs.shape)}")
-    return _nms(boxes, scores, idxs, iou_threshold)
+    return _nms(boxes, scores, idxs, iou_threshold, max_output)
 
 
 def clip_boxes_to_image(boxes: Tensor, size: tuple[int, int]) -> Tensor:

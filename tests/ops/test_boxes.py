@@ -94,6 +94,17 @@ def test_nms_large_input_crosses_chunks():
     assert keep.tolist() == _nms_ref(boxes, scores, 0.5)
 
 
+def test_nms_max_output_equals_slicing():
+    gen = torch.Generator().manual_seed(4)
+    boxes = _random_boxes(900, gen, size=100.0).float()
+    scores = torch.rand(900, generator=gen)
+    full = nms(boxes, scores, 0.3)
+    for k in (1, 255, 256, 257, 600, 5000):
+        assert torch.equal(nms(boxes, scores, 0.3, max_output=k), full[:k])
+    idxs = torch.randint(0, 3, (900,), generator=gen)
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.3, max_output=300), batched_nms(boxes, scores, idxs, 0.3)[:300])
+
+
 def test_batched_nms_equals_per_class_nms():
     gen = torch.Generator().manual_seed(3)
     n = 80
