@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 import yaml
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import hflip, load_image
@@ -135,6 +135,38 @@ def _batch_indices(cfg: DetectionConfig, n: int, it: int) -> list[int]:
     return out
 
 
+class _IterationBatches(Dataset):
+    """Item ``it`` = the (flipped) images and targets of training iteration ``it``.
+
+    A pure function of (seed, it), so DataLoader workers and resumed runs see exactly
+    the same batches. Objects marked difficult (VOC) / crowd (COCO) are not trained on
+    (as in py-faster-rcnn)."""
+
+    def __init__(self, dataset: Dataset, cfg: DetectionConfig) -> None:
+        self.dataset, self.cfg = dataset, cfg
+
+    def __len__(self) -> int:
+        return self.cfg.iterations
+
+    def __getitem__(self, it: int) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        cfg = self.cfg
+        flip_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + it)
+        out = []
+        for i in _batch_indices(cfg, len(self.dataset), it):
+            img, tgt = self.dataset[i]
+            if "difficult" in tgt:
+                keep = ~tgt["difficult"]
+                tgt = {**tgt, "boxes": tgt["boxes"][keep], "labels": tgt["labels"][keep]}
+            if cfg.hflip and bool(torch.rand((), generator=flip_gen) < 0.5):
+                img, tgt = hflip(img, tgt)
+            out.append((img, {"boxes": tgt["boxes"], "labels": tgt["labels"]}))
+        return out
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -193,17 +225,13 @@ def train(
         raise DataError("the training data set is empty")
     t0 = time.perf_counter()
     running: dict[str, float] = {}
-    for it in range(start, cfg.iterations):
-        # Per-iteration seeds: RPN/RoI sampling and flips depend only on (seed, it), so resume is exact.
+    batches = DataLoader(_IterationBatches(dataset, cfg), batch_size=None, sampler=range(start, cfg.iterations),
+                         num_workers=cfg.num_workers, collate_fn=_identity)
+    for it, batch in zip(range(start, cfg.iterations), batches):
+        # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
         torch.manual_seed(cfg.seed * 1_000_003 + it)
-        flip_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + it)
-        images, targets = [], []
-        for i in _batch_indices(cfg, n, it):
-            img, tgt = dataset[i]
-            if cfg.hflip and bool(torch.rand((), generator=flip_gen) < 0.5):
-                img, tgt = hflip(img, tgt)
-            images.append(img.to(device))
-            targets.append({"boxes": tgt["boxes"].to(device), "labels": tgt["labels"].to(device)})
+        images = [img.to(device) for img, _ in batch]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for _, t in batch]
         lr = _lr_at(cfg, it)
         for group in opt.param_groups:
             group["lr"] = lr

@@ -129,3 +129,25 @@ def test_cli_errors(tmp_path):
         run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "voc", "--data", str(tmp_path / "nope")]))
     with pytest.raises(ConfigError, match="annotations"):
         run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "coco", "--data", str(tmp_path)]))
+
+
+def test_resume_reproduces_uninterrupted_training(tmp_path):
+    from resnets.detection.config import DetectionConfig
+    from resnets.detection.model import FasterRCNN
+    from resnets.models import BasicBlock, ResNet
+
+    cfg = DetectionConfig(num_classes=3, min_size=64, max_size=96, anchor_sizes=(16.0, 32.0, 64.0), pooled_size=4,
+                          rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=40, rpn_batch_size_per_image=32,
+                          roi_batch_size_per_image=16, batch_size=2, iterations=4, lr=0.01, device="cpu",
+                          freeze_bn=False, checkpoint_every=100)
+    data = SyntheticShapes(5, image_size=(64, 80), min_object=12, max_object=40, seed=21)
+
+    def fresh() -> FasterRCNN:
+        torch.manual_seed(0)
+        return FasterRCNN(cfg, ResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64)))
+
+    straight = engine.train(cfg, data, tmp_path / "a", model=fresh(), log=None)
+    engine.train(cfg.replace(iterations=2), data, tmp_path / "b", model=fresh(), log=None)
+    resumed = engine.train(cfg, data, tmp_path / "b", model=fresh(), resume=True, log=None)
+    for (k, v), (k2, v2) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
