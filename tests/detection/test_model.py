@@ -166,3 +166,24 @@ def test_box_voting_averages_overlapping_boxes():
     assert det["labels"].tolist()[0] == 1 and det["scores"][0] == pytest.approx(0.9)
     # voted box: (0.9 * 10 + 0.6 * 12) / 1.5 = 10.8 for y2
     assert det["boxes"][0].tolist() == pytest.approx([0, 0, 10, 10.8])
+
+
+def test_per_class_rpn_appendix_c():
+    torch.manual_seed(0)
+    cfg = DetectionConfig(**{**TINY, "rpn_per_class": True})
+    model = FasterRCNN(cfg, _tiny_resnet())
+    a = len(cfg.anchor_sizes) * len(cfg.anchor_ratios)
+    assert model.rpn.cls_logits.out_channels == a * 3 and model.rpn.bbox_pred.out_channels == a * 3 * 4
+    images, targets = _images_and_targets()
+    batch, sizes, _ = resize_and_batch(images, cfg.min_size, cfg.max_size, model.normalize)
+    model.eval()
+    proposals, labels, _ = model.rpn(model.backbone(batch), sizes)
+    for p, l in zip(proposals, labels):
+        assert l is not None and l.shape == p.shape[:1] and l.min() >= 1 and l.max() <= 3
+    model.train()
+    feats = model.backbone(batch)
+    _, _, losses = model.rpn(feats, sizes, [{"boxes": t["boxes"] * 1.0, "labels": t["labels"]} for t in targets])
+    losses["loss_rpn_objectness"].backward()
+    # Every class has its own objectness output, and all are trained (negatives count for every class).
+    grad = model.rpn.cls_logits.bias.grad.view(a, 3)
+    assert (grad != 0).all()
