@@ -23,9 +23,8 @@ from torch import Tensor
 
 __all__ = ["roi_align", "roi_pool", "convert_boxes_to_roi_format"]
 
-# Largest gather (elements) RoI Pool materialises at once; bounds its memory.
+# Largest gather (elements) RoI Pool materialises at once; bounds its memory (64 MB fp32).
 _POOL_CHUNK_ELEMS = 1 << 24
-
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
@@ -155,7 +154,10 @@ def roi_pool(
 
     Box corners are scaled and rounded to feature cells (inclusive), each RoI is
     split into ``output_size`` bins of ``floor``/``ceil`` cell ranges clipped to
-    the map, and each bin takes the max; empty bins give 0.
+    the map, and each bin takes the max; empty bins give 0. Vectorised with a
+    range-max table: each bin is the max of 4 overlapping power-of-two windows, so
+    the cost does not grow with the bin size. The gradient of a tied maximum may
+    be shared between the tied cells (torchvision gives it to one).
     """
     rois = _check_rois(input, boxes)
     n, c, h, w = input.shape
@@ -176,25 +178,46 @@ def roi_pool(
 
     hs, he = axis(corners[:, 1], corners[:, 3], oh, h)
     ws, we = axis(corners[:, 0], corners[:, 2], ow, w)
-    mh = max(int((he - hs).max()), 1)
-    mw = max(int((we - ws).max()), 1)
-    rows = hs[..., None] + torch.arange(mh, device=input.device)  # [K, oh, mh]
-    cols = ws[..., None] + torch.arange(mw, device=input.device)  # [K, ow, mw]
-    row_ok = rows < he[..., None]
-    col_ok = cols < we[..., None]
-    rows = rows.clamp(max=h - 1)
-    cols = cols.clamp(max=w - 1)
-    flat = (batch * (h * w))[:, None, None, None, None] + rows[:, :, None, :, None] * w + cols[:, None, :, None, :]
-    ok = row_ok[:, :, None, :, None] & col_ok[:, None, :, None, :]  # [K, oh, ow, mh, mw]
-    features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    per_roi = oh * ow * mh * mw * c
-    chunk = max(1, _POOL_CHUNK_ELEMS // per_roi)
-    outs = []
-    for s in range(0, k, chunk):  # chunks of many RoIs only bound memory
-        f = flat[s : s + chunk].reshape(-1, oh, ow, mh * mw)
-        m = ok[s : s + chunk].reshape(-1, oh, ow, mh * mw, 1)
-        vals = features[f].masked_fill(~m, float("-inf"))  # [k', oh, ow, mh*mw, C]
-        best = vals.max(dim=3).values
-        empty = ~m.any(dim=3)
-        outs.append(best.masked_fill(empty, 0.0))
-    return torch.cat(outs, dim=0).permute(0, 3, 1, 2).contiguous()
+    len_h = (he - hs)[:, :, None]  # [K, oh, 1]
+    len_w = (we - ws)[:, None, :]  # [K, 1, ow]
+    empty = (len_h <= 0) | (len_w <= 0)  # [K, oh, ow]
+    # Range-max "sparse table": level (a, b) holds the max over 2^a rows x 2^b columns
+    # starting at each cell, so every bin is the max of 4 (overlapping) table entries.
+    la = max(int(len_h.max()), 1).bit_length() - 1
+    lb = max(int(len_w.max()), 1).bit_length() - 1
+    table = _range_max_table(input.permute(0, 2, 3, 1), la, lb)  # [(la+1)*(lb+1)*N*H*W, C]
+    a = len_h.clamp(min=1).log2().floor().to(torch.int64)  # level per bin row
+    b = len_w.clamp(min=1).log2().floor().to(torch.int64)
+    r0, r1 = hs[:, :, None], (he[:, :, None] - (1 << a)).clamp(min=0)
+    c0, c1 = ws[:, None, :], (we[:, None, :] - (1 << b)).clamp(min=0)
+    r0, r1, c0, c1 = r0.clamp(max=h - 1), r1.clamp(max=h - 1), c0.clamp(max=w - 1), c1.clamp(max=w - 1)
+    base = ((a * (lb + 1) + b) * n + batch[:, None, None]) * (h * w)  # [K, oh, ow]
+    corners_idx = torch.stack([base + r * w + col for r in (r0, r1) for col in (c0, c1)])  # [4, K, oh, ow]
+    chunk = max(1, _POOL_CHUNK_ELEMS // (4 * oh * ow * c))
+    # One gather + max per chunk of RoIs (chunks only bound memory); max's backward is a scatter.
+    out = torch.cat([table[corners_idx[:, s : s + chunk]].max(dim=0).values for s in range(0, k, chunk)])
+    out = out.masked_fill(empty[..., None], 0.0)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _range_max_table(x: Tensor, la: int, lb: int) -> Tensor:
+    """Stack of 2D range-max tables of channels-last ``x[N, H, W, C]`` for window sizes
+    ``2^a x 2^b`` (a <= la, b <= lb), windows clipped at the border; rows = cells."""
+    n, h, w, c = x.shape
+    neg = torch.finfo(x.dtype).min if x.dtype.is_floating_point else torch.iinfo(x.dtype).min
+
+    def shifted_max(t: Tensor, dim: int, step: int) -> Tensor:
+        pad = t.narrow(dim, 0, min(step, t.shape[dim])).clone().fill_(neg)
+        later = torch.cat([t.narrow(dim, min(step, t.shape[dim]), t.shape[dim] - min(step, t.shape[dim])), pad], dim=dim)
+        return torch.maximum(t, later)
+
+    rows = [x]
+    for i in range(1, la + 1):
+        rows.append(shifted_max(rows[-1], 1, 1 << (i - 1)))
+    levels = []
+    for t in rows:
+        levels.append(t)
+        for j in range(1, lb + 1):
+            t = shifted_max(t, 2, 1 << (j - 1))
+            levels.append(t)
+    return torch.stack(levels).reshape(-1, c)

@@ -158,3 +158,30 @@ def test_roi_pool_rounds_half_away_from_zero_and_empty_bins():
     x.requires_grad_(True)
     roi_pool(x, torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]]), 1).sum().backward()
     assert x.grad[0, 0, 4, 4] == 1 and x.grad.sum() == 1
+
+
+def test_roi_pool_gradient_and_large_bins():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 2, 7, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0.0, 0, 0, 8, 6], [1.0, 2, 1, 5, 6], [1.0, -4, -4, 30, 30]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 2, 1.0), (x,))
+    # Bins of up to 9x12 cells (several table levels) still match the loop reference.
+    big = torch.randn(1, 3, 20, 26, generator=gen, dtype=torch.float64)
+    r = torch.tensor([[0.0, 0, 0, 25, 19], [0.0, 3, 2, 17, 11]], dtype=torch.float64)
+    torch.testing.assert_close(roi_pool(big, r, (2, 3)), _roi_pool_ref_rect(big, r, (2, 3)))
+
+
+def _roi_pool_ref_rect(x, rois, out):
+    oh, ow = out
+    res = torch.zeros(rois.shape[0], x.shape[1], oh, ow, dtype=x.dtype)
+    h, w = x.shape[-2:]
+    for k in range(rois.shape[0]):
+        b, x1, y1, x2, y2 = (int(round(v)) for v in rois[k].tolist())
+        bh, bw = (y2 - y1 + 1) / oh, (x2 - x1 + 1) / ow
+        for ph in range(oh):
+            for pw in range(ow):
+                hs, he = min(max(math.floor(ph * bh) + y1, 0), h), min(max(math.ceil((ph + 1) * bh) + y1, 0), h)
+                ws, we = min(max(math.floor(pw * bw) + x1, 0), w), min(max(math.ceil((pw + 1) * bw) + x1, 0), w)
+                if he > hs and we > ws:
+                    res[k, :, ph, pw] = x[b, :, hs:he, ws:we].amax(dim=(-1, -2))
+    return res
