@@ -118,7 +118,7 @@ class FasterRCNN(nn.Module):
         cfg = self.cfg
         batch, sizes, scales = resize_and_batch(images, cfg.min_size, cfg.max_size, self.normalize)
         features = self.backbone(batch)
-        proposals, rpn_labels, _ = self.rpn(features, sizes)
+        proposals, _, _ = self.rpn(features, sizes)  # per-class RPN labels are not needed here
         # Work in original-image pixels from here on, so several scales can be combined.
         rois = []
         for i, (p, (sx, sy)) in enumerate(zip(proposals, scales.tolist())):
@@ -128,13 +128,13 @@ class FasterRCNN(nn.Module):
         levels = self._pyramid(images, batch, features, sizes, scales)
         orig_sizes = [tuple(img.shape[-2:]) for img in images]
 
-        probs, boxes = self._score(levels, rois, orig_sizes)
+        probs, boxes = self._score(levels, rois)
         if cfg.box_refinement:
             # Appendix B: re-pool each RoI's regressed box (of its top class) and score it again;
             # the union of both passes goes to NMS and box voting.
             top = probs[:, 1:].argmax(dim=1) + 1
             refined = torch.cat([rois[:, :1], boxes[torch.arange(rois.shape[0]), top]], dim=1)
-            probs2, boxes2 = self._score(levels, refined, orig_sizes)
+            probs2, boxes2 = self._score(levels, refined)
             rois = torch.cat([rois, refined])
             probs, boxes = torch.cat([probs, probs2]), torch.cat([boxes, boxes2])
         results = []
@@ -143,7 +143,9 @@ class FasterRCNN(nn.Module):
             results.append(self._postprocess(probs[sel], boxes[sel], size))
         return results
 
-    def _pyramid(self, images, batch, features, sizes, scales) -> list[tuple[Tensor, list[tuple[int, int]], Tensor]]:
+    def _pyramid(
+        self, images: list[Tensor], batch: Tensor, features: Tensor, sizes: list[tuple[int, int]], scales: Tensor
+    ) -> list[tuple[Tensor, list[tuple[int, int]], Tensor]]:
         """Feature maps per test scale, ascending: (conv4, resized sizes, per-image scales)."""
         cfg = self.cfg
         if not cfg.test_scales:
@@ -158,7 +160,9 @@ class FasterRCNN(nn.Module):
             levels.append((self.backbone(b), sz, sc))
         return levels
 
-    def _score(self, levels, rois: Tensor, orig_sizes) -> tuple[Tensor, Tensor]:
+    def _score(
+        self, levels: list[tuple[Tensor, list[tuple[int, int]], Tensor]], rois: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Class probabilities ``[K, C+1]`` and per-class boxes ``[K, C+1, 4]`` (original pixels)."""
         k = rois.shape[0]
         if k == 0:
