@@ -171,7 +171,7 @@ def scan_image_folder(
 
 
 def _default_cache_dir() -> Path:
-    base = os.environ.get("RESNETS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "resnets")
+    base = os.environ.get("RESNETS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnets")
     return Path(base) / "index"
 
 
@@ -227,7 +227,7 @@ class ImageFolder(torch.utils.data.Dataset):
             with workers) and returned as ``(None, target)``; use :func:`skip_bad_collate` to drop
             it. Otherwise it raises :class:`DataError` naming the file.
         cache: read/write the file-index cache.
-        cache_dir: where the index cache lives (default ``$RESNETS_CACHE_DIR/index`` or
+        cache_dir: where the index cache lives (default ``$RESNETS_CACHE/index`` or
             ``~/.cache/resnets/index``).
         draft: let the JPEG decoder downscale big images to what the transform needs
             (uses the transform's ``decode_hint``, the largest shorter side it produces).

@@ -20,7 +20,7 @@ from resnets.errors import DataError
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Never write index caches into the real home directory.
-    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
 
 
 def _rgb(h: int = 20, w: int = 24, seed: int = 0) -> np.ndarray:
@@ -206,7 +206,7 @@ def test_index_cache_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.
     assert second.index_from_cache and len(second) == 4
     assert [second.path(i) for i in range(4)] == [first.path(i) for i in range(4)]
     monkeypatch.undo()
-    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
 
     def bump(d: Path) -> None:
         # Guard against coarse filesystem timestamps: make sure the mtime moved.
