@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_models_parser(subparsers)
+    from . import convert_cli
     from .data import download
     from .eval import cli as eval_cli
     from .train import cli as train_cli
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_parser(subparsers)
     train_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
+    convert_cli.add_parser(subparsers)
     return parser
 
 

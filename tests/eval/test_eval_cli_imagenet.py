@@ -81,7 +81,7 @@ def errors_from_probs(probs: torch.Tensor, labels: list[int]) -> float:
 
 @torch.no_grad()
 def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, monkeypatch, tmp_path):
-    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
     data = val_images(tree)
     x = torch.stack([ResizeCenterCrop(256, 224)(img) for img, _ in data]).float() / 255
     labels = [t for _, t in data]
@@ -105,7 +105,7 @@ def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, mo
 
 @torch.no_grad()
 def test_ten_crop_matches_a_direct_computation(capsys, tree, models, monkeypatch, tmp_path):
-    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
     data = val_images(tree)
     labels = [t for _, t in data]
     probs = []
@@ -118,7 +118,7 @@ def test_ten_crop_matches_a_direct_computation(capsys, tree, models, monkeypatch
 
 
 def test_multiscale_runs_fully_convolutionally(capsys, tree, models, monkeypatch, tmp_path):
-    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
     # The per-pixel-mean model gets its 224x224 mean image resized to every scale.
     result = run_eval(capsys, tree, [models[0][0]], "multiscale")
     assert result["n"] == 2 and result["protocol"] == "multiscale" and result["dataset"] == "imagenet"
