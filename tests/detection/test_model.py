@@ -187,3 +187,28 @@ def test_per_class_rpn_appendix_c():
     # Every class has its own objectness output, and all are trained (negatives count for every class).
     grad = model.rpn.cls_logits.bias.grad.view(a, 3)
     assert (grad != 0).all()
+
+
+@pytest.mark.parametrize("global_context", [False, True])
+def test_global_context_sees_the_whole_image(global_context):
+    torch.manual_seed(0)
+    model = FasterRCNN(DetectionConfig(**TINY, global_context=global_context), _tiny_resnet()).eval()
+    feats = torch.randn(1, 32, 8, 8)
+    rois = torch.tensor([[0.0, 0, 0, 32, 32]])  # top-left quarter of a 128x128 input
+    with torch.no_grad():
+        before = model.head.box_features(feats, rois, [(128, 128)])
+        feats[:, :, 5:, 5:] += 3.0  # change only the far corner, outside the RoI
+        after = model.head.box_features(feats, rois, [(128, 128)])
+    assert before.shape[1] == (128 if global_context else 64)
+    assert torch.equal(before[:, :64], after[:, :64])  # the region feature itself is local
+    assert torch.equal(before, after) != global_context
+
+
+def test_multiscale_with_only_the_base_scale_equals_single_scale():
+    torch.manual_seed(0)
+    images, _ = _images_and_targets()
+    single = FasterRCNN(DetectionConfig(**TINY), _tiny_resnet()).eval()
+    multi = FasterRCNN(DetectionConfig(**TINY, test_scales=(64,)), _tiny_resnet()).eval()
+    multi.load_state_dict(single.state_dict())
+    for a, b in zip(single(images), multi(images)):
+        assert all(torch.equal(a[k], b[k]) for k in a)
