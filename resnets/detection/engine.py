@@ -15,7 +15,6 @@ sampling order is a pure function of seed and iteration).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
