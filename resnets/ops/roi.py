@@ -193,11 +193,41 @@ def roi_pool(
     r0, r1, c0, c1 = r0.clamp(max=h - 1), r1.clamp(max=h - 1), c0.clamp(max=w - 1), c1.clamp(max=w - 1)
     base = ((a * (lb + 1) + b) * n + batch[:, None, None]) * (h * w)  # [K, oh, ow]
     corners_idx = torch.stack([base + r * w + col for r in (r0, r1) for col in (c0, c1)])  # [4, K, oh, ow]
-    chunk = max(1, _POOL_CHUNK_ELEMS // (4 * oh * ow * c))
-    # One gather + max per chunk of RoIs (chunks only bound memory); max's backward is a scatter.
-    out = torch.cat([table[corners_idx[:, s : s + chunk]].max(dim=0).values for s in range(0, k, chunk)])
+    chunk = max(1, _POOL_CHUNK_ELEMS // (oh * ow * c))
+    # Chunks of RoIs only bound memory.
+    out = torch.cat([
+        _MaxOfRows.apply(table, corners_idx[:, s : s + chunk].reshape(4, -1)).view(-1, oh, ow, c)
+        for s in range(0, k, chunk)
+    ])
     out = out.masked_fill(empty[..., None], 0.0)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+class _MaxOfRows(torch.autograd.Function):
+    """``out[j] = max_i table[index[i, j]]`` for a few lookups ``i``; the backward sends
+    each gradient to the row that won (a uint8 winner map is all that is saved), which is
+    much cheaper than autograd through ``max(dim)`` / ``maximum``."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
+        out = table[index[0]]
+        winner = torch.zeros(out.shape, dtype=torch.uint8, device=out.device)
+        for i in range(1, index.shape[0]):
+            v = table[index[i]]
+            better = v > out
+            out = torch.maximum(out, v)
+            winner.masked_fill_(better, i)
+        ctx.save_for_backward(index, winner)
+        ctx.num_rows = table.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        index, winner = ctx.saved_tensors
+        grad_table = grad.new_zeros((ctx.num_rows, grad.shape[1]))
+        for i in range(index.shape[0]):
+            grad_table.index_add_(0, index[i], grad * (winner == i))
+        return grad_table, None
 
 
 def _range_max_table(x: Tensor, la: int, lb: int) -> Tensor:
