@@ -223,7 +223,8 @@ def train(
 
         raise DataError("the training data set is empty")
     t0 = time.perf_counter()
-    running: dict[str, float] = {}
+    running: dict[str, float] = {}  # loss sums since the last metrics line
+    count = 0
     batches = DataLoader(_IterationBatches(dataset, cfg), batch_size=None, sampler=range(start, cfg.iterations),
                          num_workers=cfg.num_workers, collate_fn=_identity)
     for it, batch in zip(range(start, cfg.iterations), batches):
@@ -243,17 +244,16 @@ def train(
         opt.step()
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
+        count += 1
         done = it + 1
         if done % cfg.log_every == 0 or done == cfg.iterations:
-            count = (done - start) % cfg.log_every or cfg.log_every
-            count = min(count, done - start)
             record = {"iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
                       "elapsed_s": round(time.perf_counter() - t0, 3)}
             record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
             _append_jsonl(metrics_path, record)
             if log:
                 log(f"iter {done}/{cfg.iterations} loss {record['loss']:.4f} lr {lr:.5f}")
-            running = {}
+            running, count = {}, 0
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             save_checkpoint(ckpt_path, model, opt, done)
     if start >= cfg.iterations and not ckpt_path.is_file():
