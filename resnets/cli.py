@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(subparsers)
     from . import convert_cli
     from .data import download
+    from .detection import cli as detect_cli
     from .eval import cli as eval_cli
     from .train import cli as train_cli
 
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
     convert_cli.add_parser(subparsers)
+    detect_cli.add_parser(subparsers)
     return parser
 
 
