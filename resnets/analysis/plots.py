@@ -53,7 +53,7 @@ def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str 
     ax.set_ylim(0, min(100.0, highest * 1.05) or 100.0)
     ax.grid(True, alpha=0.3)
     if runs:
-        ax.legend(loc="upper right", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
     ax.set_title((title + "\n" if title else "") + "dashed: training error, bold: validation error", fontsize="medium")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def plot_responses(results: Sequence["ResponseStats"], out: str | Path, title: s
         ax.set_ylabel("std")
         ax.grid(True, alpha=0.3)
         if results:
-            ax.legend(loc="upper right", fontsize="small")
+            ax.legend(loc="best", fontsize="small")
     top.set_title(title or "std of 3x3 layer responses (after BN, before nonlinearity / addition)",
                   fontsize="medium")
     fig.tight_layout()
