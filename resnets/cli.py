@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_models_parser(subparsers)
     from . import convert_cli
+    from .analysis import cli as analysis_cli
     from .data import download
     from .detection import cli as detect_cli
     from .eval import cli as eval_cli
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(subparsers)
     convert_cli.add_parser(subparsers)
     detect_cli.add_parser(subparsers)
+    analysis_cli.add_reproduce_parser(subparsers)
+    analysis_cli.add_plot_parser(subparsers)
+    analysis_cli.add_analyze_parser(subparsers)
     return parser
 
 

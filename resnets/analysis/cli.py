@@ -134,27 +134,3 @@ def add_analyze_parser(subparsers) -> None:
     r.add_argument("--cache-dir", help="decode cache directory")
     r.add_argument("--title", help="figure title")
     r.set_defaults(func=run_responses)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m resnets.analysis.cli ...`: these commands without the top-level CLI."""
-    from ..errors import ResnetsError
-
-    parser = argparse.ArgumentParser(prog="python -m resnets.analysis.cli")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_reproduce_parser(subparsers)
-    add_plot_parser(subparsers)
-    add_analyze_parser(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ResnetsError as e:
-        print(f"resnets {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"resnets {args.command}: interrupted (run the same command again to resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

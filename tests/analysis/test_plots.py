@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from resnets.analysis import plots
-from resnets.analysis.cli import main
+from resnets.cli import main
 from resnets.analysis.responses import ResponseStats
 from resnets.analysis.runs import load_run
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import resnets.train.engine as engine
-from resnets.analysis.cli import main
+from resnets.cli import main
 from resnets.analysis.reproduce import execute_runs, plan_runs, reproduce_cifar10
 from resnets.analysis.runs import find_runs, run_state
 from resnets.errors import ConfigError, TrainingDiverged

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from resnets.analysis.cli import main
+from resnets.cli import main
 from resnets.analysis.responses import first_val_images, layer_response_stds, response_layers
 from resnets.models import Normalize, create_model, save_weights
 
