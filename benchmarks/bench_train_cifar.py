@@ -83,11 +83,13 @@ def bench_baseline(name, images, labels, mean, batch, steps, warmup, device, wor
     return batch * steps / (time.perf_counter() - t0)
 
 
-def bench_resnets(name, images, labels, mean, batch, steps, warmup, device, bf16):
+def bench_resnets(name, images, labels, mean, batch, steps, warmup, device, bf16, compile=False):
     model = create_model(name)
     model.input_norm = Normalize(mean)
     model = model.to(device, memory_format=torch.channels_last)
     opt = sgd(model)
+    if compile:  # `resnets train --compile`; the one-off compilation happens in the untimed warm-up
+        model = torch.compile(model)
     batches = CifarBatches(images, labels, batch, seed=0, device=device, pad_value=mean)
     t0 = None
     for i in range(warmup + steps):
@@ -113,6 +115,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
+    p.add_argument("--compile", action="store_true", help="also time bf16 with torch.compile")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="benchmarks/results/train_cifar.json")
     args = p.parse_args()
@@ -133,17 +136,22 @@ def main() -> None:
         base = bench_baseline(name, images, labels, mean, args.batch_size, args.steps, args.warmup, device, args.workers)
         fp32 = bench_resnets(name, images, labels, mean, args.batch_size, args.steps, args.warmup, device, bf16=False)
         bf16 = bench_resnets(name, images, labels, mean, args.batch_size, args.steps, args.warmup, device, bf16=True)
+        comp = bench_resnets(name, images, labels, mean, args.batch_size, args.steps, args.warmup, device, bf16=True,
+                             compile=True) if args.compile else float("nan")
         rows.append({"model": name, "baseline_fp32_nchw": base, "resnets_fp32": fp32, "resnets_bf16": bf16,
-                     "speedup_fp32": fp32 / base, "speedup_bf16": bf16 / base})
+                     "resnets_bf16_compiled": comp, "speedup_fp32": fp32 / base, "speedup_bf16": bf16 / base,
+                     "speedup_bf16_compiled": comp / base})
 
     print(f"device {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"batch {args.batch_size}, {args.steps} timed steps, data: {source}")
-    header = f"{'model':<18}{'baseline img/s':>16}{'fp32 img/s':>12}{'bf16 img/s':>12}{'fp32 x':>9}{'bf16 x':>9}"
+    header = (f"{'model':<18}{'baseline img/s':>16}{'fp32 img/s':>12}{'bf16 img/s':>12}{'bf16+compile':>14}"
+              f"{'fp32 x':>9}{'bf16 x':>9}{'compile x':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['model']:<18}{r['baseline_fp32_nchw']:>16.0f}{r['resnets_fp32']:>12.0f}{r['resnets_bf16']:>12.0f}"
-              f"{r['speedup_fp32']:>9.2f}{r['speedup_bf16']:>9.2f}")
+              f"{r['resnets_bf16_compiled']:>14.0f}{r['speedup_fp32']:>9.2f}{r['speedup_bf16']:>9.2f}"
+              f"{r['speedup_bf16_compiled']:>11.2f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
