@@ -50,3 +50,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Decoded-data caches go to one per-session folder, never the user's ~/.cache."""
     cache = tmp_path_factory.getbasetemp() / "resnets-cache"
     monkeypatch.setenv("RESNETS_CACHE", str(cache))
+
+
+# Test folders whose models are tiny: one intra-op thread is fastest there, and on a
+# loaded 2-core machine two threads make every small op wait for a descheduled OpenMP
+# worker (measured: a synthetic detection training step took 5 s with 2 threads under
+# load vs 0.12 s with 1).
+SINGLE_THREADED_FOLDERS = {"ops", "detection"}
+
+
+@pytest.fixture(autouse=True)
+def _threads_for_tiny_models(request):
+    if request.node.path.parent.name not in SINGLE_THREADED_FOLDERS:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
