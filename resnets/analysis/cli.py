@@ -33,11 +33,10 @@ def parse_depths(text: str) -> list[int]:
 # --- resnets reproduce ---------------------------------------------------------------------
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ..train.cli import FLAGS
+    from ..train.cli import overrides_from_args
     from .reproduce import reproduce_cifar10
 
-    overrides = {FLAGS[f][0]: getattr(args, FLAGS[f][0]) for f in PASSTHROUGH_FLAGS
-                 if getattr(args, FLAGS[f][0], None) is not None}
+    overrides = overrides_from_args(args, PASSTHROUGH_FLAGS)
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
     report = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
                                seeds=args.seeds, overrides=overrides, response_images=args.response_images,
@@ -47,7 +46,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def add_reproduce_parser(subparsers) -> None:
-    from ..train.cli import _DOCS, FLAGS
+    from ..train.cli import add_config_flags
 
     p = subparsers.add_parser(
         "reproduce", help="run a table's experiments and write a report with figures",
@@ -66,10 +65,7 @@ def add_reproduce_parser(subparsers) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the figures and report.md from the runs as they are now")
     group = p.add_argument_group("schedule and run settings (shortening the schedule is noted in the report)")
-    for flag in PASSTHROUGH_FLAGS:
-        key, extra = FLAGS[flag]
-        group.add_argument(flag, dest=key, default=None,
-                           help=f"[{key}] {_DOCS.get(key, '')}".replace("%", "%%"), **extra)
+    add_config_flags(group, PASSTHROUGH_FLAGS, config_file=False)
     p.set_defaults(func=run_reproduce)
 
 

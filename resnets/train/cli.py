@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Iterable
 
 from ..config import DataConfig, ModelConfig, OptimConfig, TrainConfig, field_docs, resolve_config
 
@@ -57,16 +58,25 @@ _DOCS = {**{f"model.{k}": v for k, v in field_docs(ModelConfig).items()},
          **field_docs(TrainConfig)}
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="a YAML file of config keys (see config.yaml in any run directory)")
-    for flag, (key, extra) in FLAGS.items():
+def add_config_flags(parser, flags: Iterable[str] = FLAGS, config_file: bool = True) -> None:
+    """Add `flags` (default: all of FLAGS) to an argparse parser or argument group."""
+    if config_file:
+        parser.add_argument("--config", metavar="FILE",
+                            help="a YAML file of config keys (see config.yaml in any run directory)")
+    for flag in flags:
+        key, extra = FLAGS[flag]
         help_text = _DOCS.get(key, "").replace("%", "%%")
         parser.add_argument(flag, dest=key, default=None, help=f"[{key}] {help_text}", **extra)
 
 
+def overrides_from_args(args: argparse.Namespace, flags: Iterable[str] = FLAGS) -> dict:
+    """{config key: value} for the given flags that were set on the command line."""
+    keys = (FLAGS[flag][0] for flag in flags)
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {key: getattr(args, key) for _, (key, _) in FLAGS.items() if getattr(args, key, None) is not None}
-    return resolve_config(args.config, overrides)
+    return resolve_config(args.config, overrides_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
