@@ -114,7 +114,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """"auto": bf16 autocast where the hardware has fast bf16 (CUDA, CPUs with AMX), else fp32."""
+    """"auto": bf16 autocast where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or AMX, as
+    oneDNN reports), else fp32."""
     channels_last: bool = True
     """NHWC memory format: faster convolutions with oneDNN and cuDNN."""
     compile: bool = False
