@@ -14,7 +14,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -29,7 +29,7 @@ _NORM_PREFIX = "input_norm."
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def atomic_write(path: str | os.PathLike, write: "callable") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write via `write(tmp_path)` to a temp file in the same directory, fsync, then rename.
 
     A crash (or kill -9) at any moment leaves either the old file or the new one.

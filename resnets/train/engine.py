@@ -104,6 +104,10 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         check_resume_compatible(checkpoint["config"], to_dict(config))
     elif (checkpoint_dir(run_dir) / "last.pt").exists():
         raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    try:  # fail on a bad model name before spending time decoding data
+        model_spec(config.model.name)
+    except ValueError as e:
+        raise ConfigError(f"model.name: {e}") from None
     if config.optim.iters < 1:
         raise ConfigError(f"optim.iters: expected a positive number of iterations, got {config.optim.iters}")
 
