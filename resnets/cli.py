@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_models_parser(subparsers)
-    from . import convert_cli
+    from . import convert_cli, export_cli
     from .analysis import cli as analysis_cli
     from .data import download
     from .detection import cli as detect_cli
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
     convert_cli.add_parser(subparsers)
+    export_cli.add_parser(subparsers)
     detect_cli.add_parser(subparsers)
     analysis_cli.add_reproduce_parser(subparsers)
     analysis_cli.add_plot_parser(subparsers)

@@ -52,6 +52,10 @@ class DataConfig:
     """Images held out of the training set for validation (the paper's 45k/5k split, Sec. 4.2)."""
     split_seed: int = 0
     """Seed choosing which images are held out; fixed so every run validates on the same ones."""
+    train_size: int | None = None
+    """CIFAR: train on a class-stratified subset of this many images of the training split (None:
+    all of it). Validation is unchanged. For experiments sized for small machines, where a
+    network's capacity should show within minutes (docs/degradation.md)."""
     augment: Literal["paper", "randomresizedcrop", "none"] = "paper"
     """The paper's augmentation (CIFAR: pad 4, crop 32, flip; ImageNet: scale [256, 480], crop 224,
     flip, PCA colour), the common RandomResizedCrop preset (ImageNet), or none."""

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 
 # Training flags `reproduce` passes through to every run (same meaning and help as `resnets train`).
 PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmup", "--eval-every", "--log-every",
-                     "--checkpoint-every", "--val-size", "--split-seed", "--cache-dir", "--precision", "--device",
+                     "--checkpoint-every", "--val-size", "--train-size", "--split-seed", "--cache-dir", "--precision", "--device",
                      "--no-channels-last", "--no-tensorboard")
 
 

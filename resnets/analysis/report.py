@@ -28,7 +28,7 @@ PLAIN_NOTE = ("not in Table 6; Fig. 6 (left): deeper plain nets have *higher* tr
 
 # Settings that define the schedule, as they appear in config.yaml.
 SCHEDULE_KEYS = ("optim.iters", "optim.batch_size", "optim.lr", "optim.milestones", "optim.schedule",
-                 "optim.warmup", "optim.weight_decay", "optim.momentum", "data.val_size", "data.augment",
+                 "optim.warmup", "optim.weight_decay", "optim.momentum", "data.val_size", "data.train_size", "data.augment",
                  "eval_every", "precision")
 
 

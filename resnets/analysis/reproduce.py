@@ -25,7 +25,7 @@ from .runs import RunState, find_runs, run_state
 # Settings a finished run must share with the request to be counted as "already done";
 # anything else (a different seed or schedule) would silently mix experiments in one table.
 REUSE_KEYS = ("model.name", "seed", "optim.iters", "optim.milestones", "optim.batch_size", "optim.lr",
-              "data.val_size", "data.split_seed", "data.augment")
+              "data.val_size", "data.train_size", "data.split_seed", "data.augment")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,26 @@ def split_indices(
     return np.flatnonzero(train_mask), val_idx
 
 
+def stratified_subset(arrays: CifarArrays, size: int, seed: int) -> CifarArrays:
+    """`size` images of `arrays`, the same share of every class (`data.train_size`).
+
+    Drawn like the validation hold-out (`split_indices`), from a seed derived from `seed`
+    so the subset does not line up with the validation draw.
+    """
+    if size == len(arrays):
+        return arrays
+    if not 0 < size < len(arrays):
+        raise ConfigError(f"data.train_size: expected 1..{len(arrays)} (the training split has {len(arrays)} "
+                          f"images), got {size}")
+    if size < len(arrays.classes):
+        raise ConfigError(f"data.train_size: {size} images cannot hold all {len(arrays.classes)} classes")
+    _, keep = split_indices(arrays.labels.numpy(), size, seed + 1, len(arrays.classes))
+    keep_t = torch.from_numpy(keep)
+    return CifarArrays(images=arrays.images[keep_t], labels=arrays.labels[keep_t], classes=arrays.classes,
+                       source=arrays.source[:-1] + f", train_size={size}]" if arrays.source.endswith("]")
+                       else f"{arrays.source} [train_size={size}]")
+
+
 def per_pixel_mean(images: np.ndarray | Tensor) -> Tensor:
     """The mean image (3, 32, 32) in [0, 1], float32, of uint8 images (N, 3, 32, 32).
 

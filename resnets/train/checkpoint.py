@@ -25,7 +25,7 @@ PREVIOUS = "previous.pt"
 # or lr milestones is allowed: that is how a run is extended or re-scheduled).
 CRITICAL_SETTINGS = (
     "model.name", "model.num_classes", "model.shortcut", "model.stride_in_1x1", "model.zero_init_residual",
-    "model.normalization", "data.dataset", "data.val_size", "data.split_seed", "data.augment",
+    "model.normalization", "data.dataset", "data.val_size", "data.train_size", "data.split_seed", "data.augment",
     "optim.batch_size", "optim.momentum", "optim.weight_decay", "seed",
 )
 

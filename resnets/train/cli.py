@@ -26,6 +26,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--cache-dir": ("data.cache_dir", {}),
     "--val-size": ("data.val_size", {"type": int}),
     "--split-seed": ("data.split_seed", {"type": int}),
+    "--train-size": ("data.train_size", {"type": int}),
     "--augment": ("data.augment", {"choices": ["paper", "randomresizedcrop", "none"]}),
     "--workers": ("data.workers", {"type": int}),
     "--skip-bad-images": ("data.skip_bad_images", {"action": "store_const", "const": True}),

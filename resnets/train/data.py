@@ -75,12 +75,14 @@ def cifar_data_path(config: TrainConfig) -> str:
 
 
 def build_cifar(config: TrainConfig, runtime: Runtime) -> RunData:
-    from ..data.cifar import CifarBatches, EvalBatches, load_cifar10, per_pixel_mean
+    from ..data.cifar import CifarBatches, EvalBatches, load_cifar10, per_pixel_mean, stratified_subset
 
     path = cifar_data_path(config)
     d = config.data
     train_split = "trainval" if d.val_size == 0 else "train"
     train = load_cifar10(path, train_split, d.val_size, d.split_seed, d.cache_dir)
+    if d.train_size is not None:
+        train = stratified_subset(train, d.train_size, d.split_seed)
     mean = per_pixel_mean(train.images)
     batches = CifarBatches(train.images, train.labels, config.optim.batch_size, config.seed, runtime.device,
                            augment=d.augment != "none", pad_value=mean)

@@ -21,6 +21,7 @@ from resnets.data.cifar import (
     per_pixel_mean,
     read_cifar10,
     split_indices,
+    stratified_subset,
 )
 from resnets.data.gpu_augment import augment_batch, crop_flip, random_crop_flip_params
 from resnets.errors import CheckpointError, ConfigError, DataError
@@ -227,6 +228,25 @@ def test_load_split_and_bad_split_options(fake_cifar, cifar_pickle_dir: Path) ->
         load_cifar10(cifar_pickle_dir, "train", val_size=60)
     with pytest.raises(ConfigError, match="split"):
         load_cifar10(cifar_pickle_dir, "validation")  # type: ignore[arg-type]
+
+
+def test_train_subset_is_stratified_and_inside_the_training_split(fake_cifar, cifar_pickle_dir: Path) -> None:
+    train = load_cifar10(cifar_pickle_dir, "train", val_size=10, split_seed=0)
+    subset = stratified_subset(train, 20, seed=0)
+    assert len(subset) == 20
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [2] * 10
+    rows = train.images.reshape(len(train), -1)
+    for image, label in zip(subset.images.reshape(20, -1), subset.labels):
+        match = (rows == image).all(1).nonzero().flatten()
+        assert len(match) == 1 and train.labels[match[0]] == label  # images keep their own labels
+    assert "train_size=20" in subset.source and "split=train" in subset.source
+    assert torch.equal(stratified_subset(train, 20, seed=0).images, subset.images)
+    assert not torch.equal(stratified_subset(train, 20, seed=1).images, subset.images)
+    assert stratified_subset(train, len(train), seed=0) is train
+    with pytest.raises(ConfigError, match="data.train_size.*50 images"):
+        stratified_subset(train, 51, seed=0)
+    with pytest.raises(ConfigError, match="data.train_size"):
+        stratified_subset(train, 5, seed=0)
 
 
 def test_per_pixel_mean() -> None:

@@ -203,6 +203,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_pa
     assert not (out / "model.safetensors").exists()
 
 
+def test_train_size_trains_on_a_stratified_subset(tiny_cifar):
+    from resnets.data.cifar import per_pixel_mean
+    from resnets.train.data import build_run_data
+    from resnets.train.runtime import Runtime
+
+    config = tiny_config(tiny_cifar, Path("unused"), **{"data.train_size": 30})
+    data = build_run_data(config, Runtime(torch.device("cpu"), "fp32"))
+    images, labels = data.train.source.images, data.train.source.labels
+    assert len(images) == 30 and torch.bincount(labels, minlength=10).tolist() == [3] * 10
+    # the per-pixel mean is the mean of the images trained on (Sec. 4.2), not of the whole split
+    assert torch.allclose(data.mean_image, per_pixel_mean(images))
+    assert "train_size=30" in data.description
+    assert len(data.val.images) == 50  # validation unchanged
+    with pytest.raises(ConfigError, match="data.train_size"):
+        build_run_data(tiny_config(tiny_cifar, Path("unused"), **{"data.train_size": 500}),
+                       Runtime(torch.device("cpu"), "fp32"))
+
+
 def test_warmup_holds_lr_until_training_error_drops(tiny_cifar, tmp_path):
     out = tmp_path / "run"
     engine.train(tiny_config(tiny_cifar, out, **{"optim.warmup": "on", "optim.warmup_until_error": 100.5,

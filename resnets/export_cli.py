@@ -1,0 +1,57 @@
+"""`resnets export`: a trained network -> an ONNX file, verified in onnxruntime.
+
+The graph includes the network's input normalisation, so it takes float32 images in
+[0, 1] (NCHW, any batch size) and returns logits. After writing, the file is run in
+onnxruntime beside PyTorch on random images; the command fails if the two disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .errors import CheckpointError
+
+# fp32 logits of the same network through two runtimes differ by summation order only;
+# measured 4e-6 on a trained ResNet-20 (logits of order 10).
+MAX_ABS_DIFF = 1e-3
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import model_spec
+    from .models.onnx_export import check_onnx, export_onnx
+    from .train.checkpoint import model_from_file
+
+    model, info = model_from_file(args.checkpoint)
+    name = info["model"]["name"] if isinstance(info.get("model"), dict) else info["model"].name
+    size = args.image_size or model_spec(name).input_size
+    path = export_onnx(model, args.out, image_size=size, opset=args.opset)
+    result = {"written": str(path), "model": name, "image_size": size, "opset": args.opset}
+    if args.check_images > 0:
+        generator = torch.Generator().manual_seed(0)
+        images = torch.rand(args.check_images, 3, size, size, generator=generator)
+        check = check_onnx(path, model, images)
+        result.update(check_images=check.images, max_abs_diff=check.max_abs_diff,
+                      top1_agreement=check.top1_agreement)
+        if check.max_abs_diff > MAX_ABS_DIFF or check.top1_agreement < 1.0:
+            raise CheckpointError(f"{path}: onnxruntime disagrees with PyTorch (max |diff| {check.max_abs_diff:.3g}, "
+                                  f"top-1 agreement {check.top1_agreement:.3f}); the file was kept for inspection")
+    print(json.dumps(result))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="export a trained network to ONNX (checked in onnxruntime)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a run's model.safetensors or a training checkpoint (.pt)")
+    p.add_argument("--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="square input size (default: the network's own, 32 for CIFAR, 224 for ImageNet)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--check-images", type=int, default=8, metavar="N",
+                   help="random images to compare onnxruntime with PyTorch on; 0 skips the check "
+                        "(default: %(default)s)")
+    p.set_defaults(func=run)

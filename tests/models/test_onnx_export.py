@@ -1,0 +1,67 @@
+"""ONNX export: the file runs in onnxruntime and gives PyTorch's logits, normalisation included."""
+
+import json
+
+import onnx
+import torch
+
+from resnets.cli import main
+from resnets.models import Normalize, create_model, save_weights
+from resnets.models.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
+
+
+def trained_looking(name: str, num_classes: int = 10):
+    """A network whose BN statistics and normalisation are not the identity, so a dropped
+    normalisation or a train-mode BN in the export shows up in the logits."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    model.input_norm = Normalize(torch.rand(3, 32, 32) * 0.5 + 0.25)
+    return model.eval()
+
+
+def test_export_matches_pytorch_at_another_batch_size(tmp_path):
+    model = trained_looking("cifar_resnet8")
+    path = export_onnx(model, tmp_path / "m.onnx", image_size=32)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert [i.name for i in graph.graph.input] == [INPUT_NAME]
+    assert [o.name for o in graph.graph.output] == [OUTPUT_NAME]
+    # exported with batch 2; 5 checks that the batch dimension really is dynamic
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    check = check_onnx(path, model, images)
+    assert check.images == 5
+    assert check.max_abs_diff < 1e-4
+    assert check.top1_agreement == 1.0
+    # the per-pixel mean is inside the graph: without it the logits differ
+    bare = trained_looking("cifar_resnet8")
+    bare.input_norm = None
+    assert check_onnx(path, bare, images).max_abs_diff > 1e-3
+
+
+def test_export_cli_from_a_weights_file(tmp_path, capsys):
+    weights = tmp_path / "model.safetensors"
+    save_weights(weights, trained_looking("cifar_resnet8", num_classes=4), {"name": "cifar_resnet8", "num_classes": 4})
+    out = tmp_path / "export" / "model.onnx"
+    assert main(["export", "--checkpoint", str(weights), "--out", str(out), "--check-images", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["written"] == str(out) and out.is_file()
+    assert result["model"] == "cifar_resnet8" and result["image_size"] == 32
+    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] < 1e-4
+    assert not list(out.parent.glob("*.tmp"))
+    graph = onnx.load(str(out))
+    logits_dims = graph.graph.output[0].type.tensor_type.shape.dim
+    assert logits_dims[1].dim_value == 4
+
+
+def test_export_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    weights = tmp_path / "model.safetensors"
+    save_weights(weights, trained_looking("cifar_resnet8"), {"name": "cifar_resnet8", "num_classes": 10})
+    assert main(["export", "--checkpoint", str(weights), "--out", str(tmp_path / "m.onnx"), "--image-size", "8"]) == 2
+    assert "--image-size" in capsys.readouterr().err
