@@ -98,7 +98,19 @@ def data_description(runs: Sequence[RunResult]) -> str:
 
 
 def _is_jpeg_tree(path: str) -> bool:
-    """True when a class-folder tree holds .jpg/.jpeg images (checks the first file found)."""
+    """True when a class-folder tree (a folder or a .tar/.tar.gz of one) holds .jpg/.jpeg images
+    (checks the first file found)."""
+    if Path(path).is_file() and path.endswith((".tar", ".tar.gz", ".tgz")):
+        import tarfile
+
+        try:
+            with tarfile.open(path) as archive:
+                for member in archive:
+                    if member.isfile():
+                        return member.name.lower().endswith((".jpg", ".jpeg"))
+        except (OSError, tarfile.TarError):
+            return False
+        return False
     train = Path(path) / "train"
     if not train.is_dir():
         return False
@@ -128,6 +140,13 @@ def schedule_description(runs: Sequence[RunResult]) -> str:
                  f"{paper['batch_size']}, lr {paper['lr']} divided by 10 at {paper['milestones'][0]} and "
                  f"{paper['milestones'][1]} (Sec. 4.2); these runs are shorter, so their errors are higher and "
                  "only the comparison between them is meaningful.")
+    other_lr = sorted({lr for r in runs if (lr := _get(r.config, "optim.lr")) != paper["lr"]})
+    if other_lr:
+        text += (f" **Learning rate** {', '.join(map(str, other_lr))} instead of the paper's {paper['lr']}.")
+    subsets = sorted({n for r in runs if (n := _get(r.config, "data.train_size"))})
+    if subsets:
+        text += (f" **Training subset**: {', '.join(map(str, subsets))} class-stratified images of the training "
+                 "split instead of all of it (validation unchanged).")
     return text
 
 

@@ -17,11 +17,11 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 def write_fake_run(run_dir: Path, model: str, seed: int, rng: np.random.Generator, *, iters: int = 200,
                    log_every: int = 10, eval_every: int = 50, finished: bool = True, params: int = 1000,
-                   data_path: str = "/nowhere/cifar") -> dict:
+                   data_path: str = "/nowhere/cifar", overrides: dict | None = None) -> dict:
     """A run directory as `train` writes it, with random curves; returns the generated numbers."""
     config = resolve_config(None, {"model.name": model, "seed": seed, "out": str(run_dir), "optim.iters": iters,
                                    "optim.milestones": [iters // 2, iters * 3 // 4], "data.path": data_path,
-                                   "log_every": log_every, "eval_every": eval_every})
+                                   "log_every": log_every, "eval_every": eval_every, **(overrides or {})})
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     rows, train, val = [], [], []

@@ -69,6 +69,33 @@ def test_report_names_data_schedule_and_figures(experiment):
     assert "cifar_plain20-s2 | interrupted" in text
 
 
+def test_report_flags_lr_subset_and_jpeg_archive(tmp_path, fake_run):
+    import io
+    import tarfile
+
+    archive = tmp_path / "cifar10-jpeg-train.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (("train/", None), ("train/cat/0000.jpg", b"\xff\xd8")):
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path / "exp" / "runs" / "cifar_resnet20-s0", "cifar_resnet20", 0, rng, data_path=str(archive),
+             overrides={"optim.lr": 0.02, "data.train_size": 5000})
+    text = render_report(find_runs(tmp_path / "exp"), {}).replace("**", "")
+    assert "Learning rate 0.02 instead of the paper's 0.1" in text
+    assert "Training subset: 5000 class-stratified images" in text
+    assert "JPEG" in text and "not comparable" in text
+    # the paper's lr on all the data: neither flag
+    fake_run(tmp_path / "exp2" / "runs" / "cifar_resnet20-s0", "cifar_resnet20", 0, rng)
+    plain_text = render_report(find_runs(tmp_path / "exp2"), {})
+    assert "Learning rate" not in plain_text and "Training subset" not in plain_text and "JPEG" not in plain_text
+
+
 def test_run_states_and_bad_run_dir(tmp_path, fake_run):
     rng = np.random.default_rng(0)
     fake_run(tmp_path / "done", "cifar_resnet8", 0, rng)
