@@ -76,7 +76,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from .runs import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
-    out = plot_training_curves(runs, args.out, args.title)
+    out = plot_training_curves(runs, args.out, args.title, ymax=args.ymax)
     print(f"wrote {out}")
     return 0
 
@@ -89,6 +89,8 @@ def add_plot_parser(subparsers) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `resnets train`")
     p.add_argument("--out", required=True, metavar="FIG.png", help="the PNG file to write")
     p.add_argument("--title", help="figure title")
+    p.add_argument("--ymax", type=float, metavar="PERCENT",
+                   help="top of the error axis, e.g. 20 to see low training errors (default: fit the curves)")
     p.set_defaults(func=run_plot)
 
 

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..errors import ConfigError  # noqa: E402
 from .runs import RunResult  # noqa: E402
 
 if TYPE_CHECKING:
@@ -31,8 +32,15 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str | None = None) -> Path:
-    """Training error (dashed) and validation error (bold) of each run against iterations."""
+def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str | None = None,
+                         ymax: float | None = None) -> Path:
+    """Training error (dashed) and validation error (bold) of each run against iterations.
+
+    `ymax`: the top of the error axis in %, to look closely at low errors (Fig. 6 right
+    spans 0-20%); by default just above the highest error plotted.
+    """
+    if ymax is not None and not 0 < ymax <= 100:
+        raise ConfigError(f"--ymax: expected an error in (0, 100] percent, got {ymax}")
     out = Path(out)
     fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, dpi=DPI)
     highest = 0.0
@@ -50,7 +58,7 @@ def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str 
             ax.plot([], [], linestyle="-", linewidth=2.5, color=color, label=run.name)
     ax.set_xlabel("iterations")
     ax.set_ylabel("error (%)")
-    ax.set_ylim(0, min(100.0, highest * 1.05) or 100.0)
+    ax.set_ylim(0, ymax if ymax is not None else (min(100.0, highest * 1.05) or 100.0))
     ax.grid(True, alpha=0.3)
     if runs:
         ax.legend(loc="best", fontsize="small")

@@ -30,6 +30,19 @@ def test_training_curves_png(tmp_path, fake_run):
     assert Image.open(again).size == Image.open(out).size
 
 
+def test_training_curves_ymax_zooms_the_error_axis(tmp_path, fake_run, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path / "run", "cifar_resnet20", 0, rng)
+    closed = []
+    monkeypatch.setattr(plots.plt, "close", closed.append)  # keep the figures to inspect them
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "zoom.png"), "--ymax", "20"]) == 0
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "full.png")]) == 0
+    zoom, full = (fig.axes[0].get_ylim() for fig in closed)
+    assert zoom == (0.0, 20.0) and full[0] == 0.0 and full[1] > 90  # fake errors reach ~100%
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "bad.png"), "--ymax", "0"]) == 2
+    assert "--ymax" in capsys.readouterr().err
+
+
 def test_responses_png(tmp_path):
     results = [ResponseStats("cifar_resnet8", [f"l{i}" for i in range(7)], list(np.linspace(1, 0.2, 7)), 10),
                ResponseStats("cifar_plain8", [f"l{i}" for i in range(7)], list(np.linspace(0.5, 2, 7)), 10)]
