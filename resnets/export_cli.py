@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from .train.checkpoint import model_from_file
 
     model, info = model_from_file(args.checkpoint)
-    name = info["model"]["name"] if isinstance(info.get("model"), dict) else info["model"].name
+    name = info["model"]["name"]
     size = args.image_size or model_spec(name).input_size
     path = export_onnx(model, args.out, image_size=size, opset=args.opset)
     result = {"written": str(path), "model": name, "image_size": size, "opset": args.opset}

@@ -65,3 +65,26 @@ def test_export_cli_bad_input_is_one_line(tmp_path, capsys):
     save_weights(weights, trained_looking("cifar_resnet8"), {"name": "cifar_resnet8", "num_classes": 10})
     assert main(["export", "--checkpoint", str(weights), "--out", str(tmp_path / "m.onnx"), "--image-size", "8"]) == 2
     assert "--image-size" in capsys.readouterr().err
+
+
+def test_export_cli_from_a_training_checkpoint(tiny_cifar, tmp_path, capsys):
+    from resnets.config import resolve_config
+    from resnets.train import engine
+    from resnets.train.checkpoint import model_from_file
+
+    run = tmp_path / "run"
+    engine.train(resolve_config(overrides={
+        "model.name": "cifar_resnet8", "data.path": str(tiny_cifar), "data.val_size": 50, "optim.batch_size": 16,
+        "optim.iters": 4, "optim.milestones": "2,3", "log_every": 2, "eval_every": 4, "checkpoint_every": 2,
+        "out": str(run), "device": "cpu", "precision": "fp32", "tensorboard": False}))
+    capsys.readouterr()
+    checkpoint = run / "checkpoints" / "last.pt"
+    out = tmp_path / "ckpt.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--check-images", "4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "cifar_resnet8" and result["top1_agreement"] == 1.0
+    # the trained per-pixel mean travelled from the checkpoint into the graph
+    model, _ = model_from_file(checkpoint)
+    assert model.input_norm is not None and model.input_norm.kind == "per_pixel_mean"
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert check_onnx(out, model, images).max_abs_diff < 1e-4
