@@ -105,12 +105,10 @@ def _is_jpeg_tree(path: str) -> bool:
 
         try:
             with tarfile.open(path) as archive:
-                for member in archive:
-                    if member.isfile():
-                        return member.name.lower().endswith((".jpg", ".jpeg"))
+                first = next((m for m in archive if m.isfile()), None)
         except (OSError, tarfile.TarError):
             return False
-        return False
+        return first is not None and first.name.lower().endswith((".jpg", ".jpeg"))
     train = Path(path) / "train"
     if not train.is_dir():
         return False

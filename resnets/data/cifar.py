@@ -164,9 +164,9 @@ def stratified_subset(arrays: CifarArrays, size: int, seed: int) -> CifarArrays:
         raise ConfigError(f"data.train_size: {size} images cannot hold all {len(arrays.classes)} classes")
     _, keep = split_indices(arrays.labels.numpy(), size, seed + 1, len(arrays.classes))
     keep_t = torch.from_numpy(keep)
+    # load_cifar10's source ends in "[split=...]"; the subset adds its size inside the brackets.
     return CifarArrays(images=arrays.images[keep_t], labels=arrays.labels[keep_t], classes=arrays.classes,
-                       source=arrays.source[:-1] + f", train_size={size}]" if arrays.source.endswith("]")
-                       else f"{arrays.source} [train_size={size}]")
+                       source=f"{arrays.source.removesuffix(']')}, train_size={size}]")
 
 
 def per_pixel_mean(images: np.ndarray | Tensor) -> Tensor:

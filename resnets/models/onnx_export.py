@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .weights import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -49,13 +50,10 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
     _require("onnxscript")
     if image_size < 32:
         raise ConfigError(f"--image-size: expected at least 32 pixels, got {image_size}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A copy, so the caller's model keeps its device, dtype and mode.
     model = copy.deepcopy(model).float().cpu().eval()
     example = torch.rand(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    tmp = path.with_name(path.name + ".tmp")
     # torch's exporter logs that torchvision's ops are missing (we do not use them) and
     # warns about its own pytree internals; neither is news to the user.
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -69,9 +67,8 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
                                         dynamic_shapes=({0: batch},), external_data=False, verbose=False)
     finally:
         registration_log.setLevel(level)
-    program.save(str(tmp))
-    tmp.replace(path)  # atomic: a crash never leaves a half-written model behind
-    return path
+    atomic_write(path, program.save)  # a crash never leaves a half-written model behind
+    return Path(path)
 
 
 def check_onnx(path: str | Path, model: nn.Module, images: torch.Tensor) -> OnnxCheck:
