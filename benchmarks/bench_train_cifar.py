@@ -38,7 +38,7 @@ from resnets import count_flops, create_model
 from resnets.data.cifar import CifarBatches, load_cifar10, per_pixel_mean
 from resnets.models import Normalize
 from resnets.train.engine import train_step
-from resnets.train.runtime import Runtime, fast_bf16_available
+from resnets.runtime import Runtime, fast_bf16_available
 
 
 class PerImageCifar(torch.utils.data.Dataset):

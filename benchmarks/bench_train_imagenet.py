@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from resnets.models import Normalize, create_model
-from resnets.train.runtime import fast_bf16_available
+from resnets.runtime import fast_bf16_available
 
 
 def time_training(model_name: str, device: torch.device, batch_size: int, size: int, precision: str,

@@ -18,28 +18,44 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_write_text, get_dotted
+
+# Field metadata: what a saved run must share with the current one. Each list of such keys is
+# derived from these marks (`marked_keys`), so it can only name fields that exist.
+CRITICAL = "critical"
+"""Resuming with a different value would make another experiment; the checkpoint refuses it."""
+REUSE = "reuse"
+"""`resnets reproduce` counts a finished run as done only if these match what is asked for."""
+REPORT = "report"
+"""The run's schedule as reproduce's report.md prints it (and flags it against the paper)."""
+
+
+def marks(*names: str) -> dict[str, bool]:
+    """`field(metadata=marks(CRITICAL, REUSE))`."""
+    return {name: True for name in names}
 
 
 @dataclass
 class ModelConfig:
-    name: str = "cifar_resnet20"
+    name: str = field(default="cifar_resnet20", metadata=marks(CRITICAL, REUSE))
     """A name from `resnets models`: resnet18..152, plain18..152, cifar_resnet{6n+2}, cifar_plain{6n+2}."""
-    num_classes: int | None = None
+    num_classes: int | None = field(default=None, metadata=marks(CRITICAL))
     """Classifier outputs; None takes the data set's class count."""
-    shortcut: Literal["A", "B", "C"] | None = None
+    shortcut: Literal["A", "B", "C"] | None = field(default=None, metadata=marks(CRITICAL))
     """Table 3's shortcut option; None: the paper's default (B for ImageNet nets, A for CIFAR nets)."""
-    stride_in_1x1: bool = True
+    stride_in_1x1: bool = field(default=True, metadata=marks(CRITICAL))
     """Bottleneck stride in the first 1x1 as the paper (True) or in the 3x3, "v1.5" (False)."""
-    zero_init_residual: bool = False
+    zero_init_residual: bool = field(default=False, metadata=marks(CRITICAL))
     """Start each residual branch's last BN scale at zero (not in the paper; Goyal et al. 2017)."""
-    normalization: Literal["per_pixel_mean", "channel_mean_std", "none"] = "per_pixel_mean"
+    normalization: Literal["per_pixel_mean", "channel_mean_std", "none"] = field(default="per_pixel_mean",
+                                                                            metadata=marks(CRITICAL))
     """Input normalisation: the paper's per-pixel mean image (Sec. 3.4, 4.2), torchvision's
     per-channel mean/std (for weights trained that way), or none."""
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar10", "imagenet"] = "cifar10"
+    dataset: Literal["cifar10", "imagenet"] = field(default="cifar10", metadata=marks(CRITICAL))
     """Which data set family the data path holds."""
     path: str | None = None
     """CIFAR-10: a cifar-10-batches-py folder, the cifar-10-python.tar.gz archive, or a class-folder
@@ -48,15 +64,16 @@ class DataConfig:
     """CIFAR-10 only: fetch the official archive into `cache_dir` (md5-checked) when `path` is unset."""
     cache_dir: str | None = None
     """Where downloads and decoded-array / file-index caches go (default ~/.cache/resnets)."""
-    val_size: int = 5000
+    val_size: int = field(default=5000, metadata=marks(CRITICAL, REUSE, REPORT))
     """Images held out of the training set for validation (the paper's 45k/5k split, Sec. 4.2)."""
-    split_seed: int = 0
+    split_seed: int = field(default=0, metadata=marks(CRITICAL, REUSE))
     """Seed choosing which images are held out; fixed so every run validates on the same ones."""
-    train_size: int | None = None
+    train_size: int | None = field(default=None, metadata=marks(CRITICAL, REUSE, REPORT))
     """CIFAR: train on a class-stratified subset of this many images of the training split (None:
     all of it). Validation is unchanged. For experiments sized for small machines, where a
     network's capacity should show within minutes (docs/degradation.md)."""
-    augment: Literal["paper", "randomresizedcrop", "none"] = "paper"
+    augment: Literal["paper", "randomresizedcrop", "none"] = field(default="paper",
+                                                                 metadata=marks(CRITICAL, REUSE, REPORT))
     """The paper's augmentation (CIFAR: pad 4, crop 32, flip; ImageNet: scale [256, 480], crop 224,
     flip, PCA colour), the common RandomResizedCrop preset (ImageNet), or none."""
     workers: int = 4
@@ -67,20 +84,20 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
+    lr: float = field(default=0.1, metadata=marks(REUSE, REPORT))
     """Initial learning rate (Sec. 3.4, 4.2)."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata=marks(CRITICAL, REPORT))
     """SGD momentum (Sec. 3.4)."""
-    weight_decay: float = 1e-4
+    weight_decay: float = field(default=1e-4, metadata=marks(CRITICAL, REPORT))
     """L2 weight decay on every parameter (Sec. 3.4)."""
-    batch_size: int = 128
+    batch_size: int = field(default=128, metadata=marks(CRITICAL, REUSE, REPORT))
     """Global mini-batch size (CIFAR 128, ImageNet 256). Split across processes under DDP."""
-    iters: int = 64000
+    iters: int = field(default=64000, metadata=marks(REUSE, REPORT))
     """Training iterations ("terminate training at 64k iterations", Sec. 4.2)."""
-    schedule: Literal["step", "plateau"] = "step"
+    schedule: Literal["step", "plateau"] = field(default="step", metadata=marks(REPORT))
     """"step": divide by 10 at `milestones`; "plateau": divide by 10 when validation error stops
     improving for `plateau_patience` evaluations (ImageNet, Sec. 3.4)."""
-    milestones: list[int] = field(default_factory=lambda: [32000, 48000])
+    milestones: list[int] = field(default_factory=lambda: [32000, 48000], metadata=marks(REUSE, REPORT))
     """Iterations at which the learning rate is divided by 10 (Sec. 4.2: 32k and 48k)."""
     gamma: float = 0.1
     """Factor applied to the lr at each milestone or plateau ("divided by 10")."""
@@ -88,9 +105,10 @@ class OptimConfig:
     """Evaluations without improvement before the lr is divided (schedule "plateau")."""
     min_lr: float = 1e-5
     """Stop dividing below this (schedule "plateau")."""
-    warmup: Literal["auto", "on", "off"] = "auto"
+    warmup: Literal["auto", "on", "off"] = field(default="auto", metadata=marks(REPORT))
     """The ResNet-110 warm-up of Sec. 4.2: lr `warmup_lr` until the training error falls below
-    `warmup_until_error`; "auto" turns it on for depth >= 110."""
+    `warmup_until_error`; "auto" turns it on for CIFAR-10 networks of depth >= 110 (the paper uses it
+    there only, not for its ImageNet networks)."""
     warmup_lr: float = 0.01
     """The warm-up learning rate (Sec. 4.2: 0.01)."""
     warmup_until_error: float = 80.0
@@ -113,18 +131,18 @@ class TrainConfig:
     """Which paper recipe the defaults came from."""
     out: str = "runs/default"
     """The run directory."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=marks(CRITICAL, REUSE))
     """Seeds initialisation, data order and augmentation; a resumed run continues the same streams."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=marks(REPORT))
     """"auto": bf16 autocast where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or AMX, as
     oneDNN reports), else fp32."""
     channels_last: bool = True
     """NHWC memory format: faster convolutions with oneDNN and cuDNN."""
     compile: bool = False
     """torch.compile the model (longer start-up, faster steps on GPU)."""
-    eval_every: int = 2000
+    eval_every: int = field(default=2000, metadata=marks(REPORT))
     """Validate every N iterations (and at the end)."""
     log_every: int = 100
     """Write a metrics line every N iterations."""
@@ -150,9 +168,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-# --- typed conversion -----------------------------------------------------------------
+# --- typed conversion (every config dataclass of resnets, detection's too) ------------------
 
-def _check_value(key: str, tp: Any, value: Any) -> Any:
+def check_value(key: str, tp: Any, value: Any) -> Any:
     """Convert/validate `value` against annotation `tp`; ConfigError names the key."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -164,7 +182,7 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_value(key, arg, value)
+                return check_value(key, arg, value)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_describe(tp)}, got {value!r}")
@@ -172,13 +190,18 @@ def _check_value(key: str, tp: Any, value: Any) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: expected one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
         return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
         if isinstance(value, str):  # CLI form: "32000,48000"
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of {_describe(item_tp)}, got {value!r}")
-        return [_check_value(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value)]
+            raise ConfigError(f"{key}: expected a list of {_describe(args[0])}, got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):  # fixed length, e.g. tuple[float, float]
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(check_value(f"{key}[{i}]", t, v) for i, (t, v) in enumerate(zip(args, value)))
+        items = [check_value(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -227,7 +250,7 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _update(obj: Any, values: Mapping[str, Any], prefix: str = "") -> None:
+def update(obj: Any, values: Mapping[str, Any], prefix: str = "") -> None:
     """Apply a nested mapping onto dataclass `obj` in place, checking keys and types."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
@@ -239,9 +262,9 @@ def _update(obj: Any, values: Mapping[str, Any], prefix: str = "") -> None:
             raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _update(current, value, prefix=f"{path}.")
+            update(current, value, prefix=f"{path}.")
         else:
-            setattr(obj, key, _check_value(path, hints[key], value))
+            setattr(obj, key, check_value(path, hints[key], value))
 
 
 def set_dotted(config: Any, dotted: Mapping[str, Any]) -> None:
@@ -253,10 +276,11 @@ def set_dotted(config: Any, dotted: Mapping[str, Any]) -> None:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    _update(config, nested)
+    update(config, nested)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (safe_load: no Python objects); ConfigError names the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -284,9 +308,9 @@ def resolve_config(file: str | Path | None = None, overrides: Mapping[str, Any] 
         raise ConfigError(f"preset: expected one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
     config = TrainConfig()
     config.preset = preset
-    _update(config, PRESETS[preset])
+    update(config, PRESETS[preset])
     try:
-        _update(config, file_values)
+        update(config, file_values)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
     set_dotted(config, overrides)
@@ -300,15 +324,37 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from its dict form (config.yaml, a checkpoint)."""
     config = TrainConfig()
-    _update(config, values)
+    update(config, values)
     return config
 
 
 def save_yaml(config: Any, path: str | Path) -> None:
-    from .models.weights import atomic_write
+    """A config dataclass (or a mapping) as YAML, written atomically."""
+    values = to_dict(config) if dataclasses.is_dataclass(config) else config
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
 
-    text = yaml.safe_dump(to_dict(config), sort_keys=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+def marked_keys(cls: type, mark: str, prefix: str = "") -> tuple[str, ...]:
+    """Dotted names of the fields of dataclass `cls`, nested ones included, whose metadata has `mark`."""
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += marked_keys(hints[f.name], mark, f"{prefix}{f.name}.")
+        elif f.metadata.get(mark):
+            keys.append(prefix + f.name)
+    return tuple(keys)
+
+
+def changed_settings(saved: TrainConfig, current: TrainConfig, mark: str) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every field marked `mark` that differs.
+
+    Both sides are whole TrainConfigs: a config written before a field existed was read
+    with that field's default (`from_dict`), so every key is present on both sides.
+    """
+    a, b = to_dict(saved), to_dict(current)
+    return [(key, get_dotted(a, key), get_dotted(b, key)) for key in marked_keys(TrainConfig, mark)
+            if get_dotted(a, key) != get_dotted(b, key)]
 
 
 def field_docs(cls: type) -> dict[str, str]:

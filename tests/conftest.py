@@ -45,11 +45,13 @@ def cifar10_jpeg() -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Decoded-data caches go to one per-session folder, never the user's ~/.cache."""
-    cache = tmp_path_factory.getbasetemp() / "resnets-cache"
-    monkeypatch.setenv("RESNETS_CACHE", str(cache))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Decoded-data caches go to one per-session folder, never the user's ~/.cache. Session-scoped,
+    so it is in place before module-scoped fixtures (a reference training run) read data too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNETS_CACHE", str(tmp_path_factory.getbasetemp() / "resnets-cache"))
+        yield
 
 
 # Test folders whose models are tiny: one intra-op thread is fastest there, and on a

@@ -12,9 +12,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from ..config import PRESETS
+from ..config import PRESETS, REPORT, TrainConfig, marked_keys
+from ..io import get_dotted
 from .runs import FINAL_TRAIN_FRACTION, ModelRow, RunResult, summarize
 
 # Table 6 of the paper: CIFAR-10 *test* error (%), lossless images, 64k iterations.
@@ -26,17 +27,6 @@ PAPER_TABLE6_PARAMS: dict[int, str] = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56
 PLAIN_NOTE = ("not in Table 6; Fig. 6 (left): deeper plain nets have *higher* training and test error "
               "(plain-56 > plain-20; plain-110 above 60%, not shown)")
 
-# Settings that define the schedule, as they appear in config.yaml.
-SCHEDULE_KEYS = ("optim.iters", "optim.batch_size", "optim.lr", "optim.milestones", "optim.schedule",
-                 "optim.warmup", "optim.weight_decay", "optim.momentum", "data.val_size", "data.train_size", "data.augment",
-                 "eval_every", "precision")
-
-
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def fmt_mean_std(mean: float | None, std: float | None) -> str:
@@ -83,13 +73,13 @@ def data_description(runs: Sequence[RunResult]) -> str:
     # The first run that decodes the images names its cache, later ones do not: drop that detail.
     sources = sorted({re.sub(r" \(decoded cache [^)]*\)", "", r.summary["data"])
                       for r in runs if r.summary and r.summary.get("data")})
-    paths = sorted({p for r in runs if (p := _get(r.config, "data.path"))})
+    paths = sorted({p for r in runs if (p := get_dotted(r.config, "data.path"))})
     text = ["Data: " + ("; ".join(f"`{s}`" for s in sources) if sources else
                         ", ".join(f"`{p}`" for p in paths) or "unknown (no finished run)") + "."]
     if any(_is_jpeg_tree(p) for p in paths):
         text.append("These are JPEG (quality 75) re-encodings of the CIFAR-10 training images: lossy, so the "
                     "errors here are **not comparable** to Table 6, which was measured on the lossless originals.")
-    val_sizes = sorted({v for r in runs if (v := _get(r.config, "data.val_size"))})
+    val_sizes = sorted({v for r in runs if (v := get_dotted(r.config, "data.val_size"))})
     if val_sizes:
         text.append(f"Validation error is measured on {', '.join(map(str, val_sizes))} images held out of the "
                     "training set (the paper's 45k/5k split for tuning, Sec. 4.2), not on the CIFAR-10 test set "
@@ -124,24 +114,25 @@ def schedule_description(runs: Sequence[RunResult]) -> str:
     if not runs:
         return "No runs."
     # JSON text makes the settings hashable and prints lists as [32000, 48000].
-    schedules = {tuple(f"`{k}={json.dumps(_get(r.config, k))}`" for k in SCHEDULE_KEYS) for r in runs}
+    schedules = {tuple(f"`{k}={json.dumps(get_dotted(r.config, k))}`" for k in marked_keys(TrainConfig, REPORT))
+                 for r in runs}
     parts = [", ".join(sched) for sched in sorted(schedules)]
     text = "Schedule: " + "; ".join(parts) + "."
     if len(schedules) > 1:
         text += " **The runs used different schedules; compare them with care.**"
     paper = PRESETS["cifar-paper"]["optim"]
-    shortened = [r for r in runs if _get(r.config, "optim.iters") != paper["iters"]
-                 or _get(r.config, "optim.milestones") != paper["milestones"]
-                 or _get(r.config, "optim.batch_size") != paper["batch_size"]]
+    shortened = [r for r in runs if get_dotted(r.config, "optim.iters") != paper["iters"]
+                 or get_dotted(r.config, "optim.milestones") != paper["milestones"]
+                 or get_dotted(r.config, "optim.batch_size") != paper["batch_size"]]
     if shortened:
         text += (f" **Shortened schedule**: the paper trains {paper['iters']} iterations at batch "
                  f"{paper['batch_size']}, lr {paper['lr']} divided by 10 at {paper['milestones'][0]} and "
                  f"{paper['milestones'][1]} (Sec. 4.2); these runs are shorter, so their errors are higher and "
                  "only the comparison between them is meaningful.")
-    other_lr = sorted({lr for r in runs if (lr := _get(r.config, "optim.lr")) != paper["lr"]})
+    other_lr = sorted({lr for r in runs if (lr := get_dotted(r.config, "optim.lr")) != paper["lr"]})
     if other_lr:
         text += (f" **Learning rate** {', '.join(map(str, other_lr))} instead of the paper's {paper['lr']}.")
-    subsets = sorted({n for r in runs if (n := _get(r.config, "data.train_size"))})
+    subsets = sorted({n for r in runs if (n := get_dotted(r.config, "data.train_size"))})
     if subsets:
         text += (f" **Training subset**: {', '.join(map(str, subsets))} class-stratified images of the training "
                  "split instead of all of it (validation unchanged).")

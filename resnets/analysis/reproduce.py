@@ -15,17 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import TrainConfig, resolve_config, to_dict
+from ..config import REUSE, TrainConfig, changed_settings, from_dict, load_yaml, resolve_config
 from ..errors import ConfigError, TrainingDiverged
 from ..models import model_spec
 from .plots import plot_responses, plot_training_curves
 from .report import write_report
 from .runs import RunState, find_runs, run_state
-
-# Settings a finished run must share with the request to be counted as "already done";
-# anything else (a different seed or schedule) would silently mix experiments in one table.
-REUSE_KEYS = ("model.name", "seed", "optim.iters", "optim.milestones", "optim.batch_size", "optim.lr",
-              "data.val_size", "data.train_size", "data.split_seed", "data.augment")
 
 
 @dataclass(frozen=True)
@@ -61,21 +56,11 @@ def run_config(run: PlannedRun, data: str | None, overrides: Mapping[str, Any]) 
     return resolve_config(None, values, preset="cifar-paper")
 
 
-def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
 def check_reusable(run_dir: Path, config: TrainConfig) -> None:
-    """A finished run counts only if it is the run we would have trained now."""
-    import yaml
-
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    wanted = to_dict(config)
-    changed = [f"{k} ({_get(saved, k)!r} there, {_get(wanted, k)!r} asked for)"
-               for k in REUSE_KEYS if _get(saved, k) != _get(wanted, k)]
+    """A finished run counts only if it is the run we would have trained now: the settings marked
+    REUSE in the config (a different seed or schedule would silently mix experiments in one table)."""
+    saved = from_dict(load_yaml(run_dir / "config.yaml"))
+    changed = [f"{k} ({old!r} there, {new!r} asked for)" for k, old, new in changed_settings(saved, config, REUSE)]
     if changed:
         raise ConfigError(f"{run_dir} holds a finished run with other settings: {', '.join(changed)}; "
                           "use another --out (or delete that run directory) to train with these settings")

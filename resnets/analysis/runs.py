@@ -14,7 +14,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from ..errors import DataError
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, DataError
 from ..models import model_spec
 from ..train.metrics_log import read_metrics
 
@@ -94,10 +95,11 @@ def load_run(run_dir: str | Path) -> RunResult:
     if not config_path.is_file():
         raise DataError(f"{run_dir}: not a resnets run directory (no config.yaml)")
     try:
-        config = yaml.safe_load(config_path.read_text()) or {}
+        # Through the config's types: a config.yaml written before a field existed gets its default.
+        config = to_dict(from_dict(yaml.safe_load(config_path.read_text()) or {}))
         model = str(config["model"]["name"])
-        seed = int(config.get("seed", 0))
-    except (yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        seed = int(config["seed"])
+    except (yaml.YAMLError, ConfigError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"{config_path}: unreadable run config ({type(e).__name__}: {e})") from None
     try:
         spec = model_spec(model)

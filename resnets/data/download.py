@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 from resnets.errors import DataError
+from resnets.io import atomic_write
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -40,24 +41,23 @@ def md5sum(path: str | Path) -> str:
 
 def _fetch(url: str, dest: Path, md5: str) -> None:
     """Stream `url` to a temporary file in dest's folder, check md5, rename to `dest`."""
-    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name + ".", suffix=".part", delete=False)
-    try:
+
+    def download(tmp: str) -> None:
         digest = hashlib.md5()
-        with tmp, urllib.request.urlopen(url, timeout=60) as response:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 digest.update(chunk)
-                tmp.write(chunk)
+                f.write(chunk)
         if digest.hexdigest() != md5:
             raise DataError(
                 f"{url}: downloaded file has md5 {digest.hexdigest()}, expected {md5} "
                 "(corrupt or different file); nothing was kept"
             )
-        os.replace(tmp.name, dest)
+
+    try:
+        atomic_write(dest, download)
     except (urllib.error.URLError, OSError) as e:
         raise DataError(f"{url}: download failed ({getattr(e, 'reason', None) or e})") from None
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -141,7 +141,7 @@ def download_cifar10(cache_dir: str | Path, url: str = OFFICIAL_URL, md5: str = 
 
 
 def add_parser(subparsers) -> None:  # type: ignore[no-untyped-def]
-    """`resnets download-cifar10 --dir DIR [--url URL --md5 MD5]` (for the lead's cli.py)."""
+    """`resnets download-cifar10 --dir DIR [--url URL --md5 MD5]`."""
     parser = subparsers.add_parser(
         "download-cifar10", help="download and extract the official CIFAR-10 python archive (md5-checked)"
     )

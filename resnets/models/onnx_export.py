@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .weights import atomic_write
+from ..io import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

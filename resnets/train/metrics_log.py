@@ -8,9 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..models.weights import atomic_write
+from ..io import atomic_write
 
 METRICS = "metrics.jsonl"
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    """One line at the end of RUN_DIR/metrics.jsonl."""
+    with open(run_dir / METRICS, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -29,7 +35,8 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; only the main process writes.
+    """Appends one JSON object per line; only the main process writes. Training and detection
+    runs both log through it.
 
     On resume at iteration s, lines past s are dropped first, so the file reads exactly as
     an uninterrupted run's would.
@@ -37,6 +44,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool, total_iters: int, resume_iteration: int | None,
                  tensorboard: bool) -> None:
+        self.run_dir = run_dir
         self.path = run_dir / METRICS
         self.enabled = enabled
         self.bar = None
@@ -65,8 +73,7 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(self.run_dir, row)
         if self.tb is not None and "iteration" in row:
             for key, value in row.items():
                 if key not in ("iteration", "event") and isinstance(value, (int, float)) and math.isfinite(value):
@@ -78,7 +85,9 @@ class MetricsLog:
         if self.bar is not None:
             if row.get("event") == "train":
                 self.bar.n = row["iteration"]
-                self.bar.set_postfix_str(f"loss={row['train_loss']:.3f} err={row['train_error']:.2f}% lr={row['lr']:g}")
+                shown = (("loss", row.get("train_loss", row.get("loss")), "{:.3f}"), ("err", row.get("train_error"), "{:.2f}%"),
+                         ("lr", row.get("lr"), "{:g}"))  # detection rows have no training error
+                self.bar.set_postfix_str(" ".join(f"{k}={f.format(v)}" for k, v, f in shown if v is not None))
             else:
                 self.bar.write(f"[{row.get('event')}] {text}")
         else:

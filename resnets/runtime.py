@@ -1,4 +1,7 @@
-"""Where and how a run executes: device, precision, processes, random streams."""
+"""Where and how a run executes: device, precision, processes, random streams.
+
+Shared by training, evaluation and detection.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,18 @@ def fast_bf16_available(device: torch.device) -> bool:
 
 
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
+    """"auto" (CUDA when available), "cpu", "cuda" (the process's LOCAL_RANK GPU) or "cuda:N"."""
+    index = local_rank
+    if choice.startswith("cuda:"):
+        if not choice[5:].isdigit():
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {choice!r}")
+        choice, index = "cuda", int(choice[5:])
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("device: 'cuda' was asked for, but no CUDA device is available")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", index)
     if choice not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device: expected auto, cpu or cuda, got {choice!r}")
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {choice!r}")
     return torch.device("cpu")
 
 
