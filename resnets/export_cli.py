@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .models import model_spec
     from .models.onnx_export import check_onnx, export_onnx
-    from .train.checkpoint import model_from_file
+    from .models.loading import model_from_file
 
     model, info = model_from_file(args.checkpoint)
     name = info["model"]["name"]

@@ -124,7 +124,7 @@ def first_val_images(data: str, n: int, val_size: int = 5000, split_seed: int = 
 def measure_checkpoints(paths: Sequence[str | Path], data: str, n_images: int, val_size: int = 5000,
                         split_seed: int = 0, cache_dir: str | None = None) -> list[ResponseStats]:
     """Fig. 7 for several trained models (checkpoints or model.safetensors) on the same images."""
-    from ..train.checkpoint import model_from_file
+    from ..models.loading import model_from_file
 
     images = first_val_images(data, n_images, val_size, split_seed, cache_dir)
     loaded = [(Path(p), *model_from_file(p)) for p in paths]

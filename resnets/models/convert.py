@@ -172,12 +172,11 @@ def convert_state_dict(
         shortcut = "B" if any(".shortcut." in k for k in stripped) else "A"
     try:
         net = create_model(name, num_classes=num_classes, shortcut=shortcut if spec.residual else None,
-                           stride_in_1x1=stride_in_1x1)
+                           stride_in_1x1=stride_in_1x1, input_norm=_normalize(normalization, mean, std))
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
     converted = _from_akamaster(stripped, net) if fmt == "akamaster" else stripped
     load_state_dict(net, converted)
-    net.input_norm = _normalize(normalization, mean, std)
     config = {"name": name, "num_classes": num_classes, "shortcut": shortcut or spec.default_shortcut,
               "stride_in_1x1": stride_in_1x1, "normalization": normalization, "converted_from": fmt}
     return net.eval(), config

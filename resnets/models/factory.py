@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
+from torch import nn
+
 from .resnet import BasicBlock, Block, Bottleneck, ResNet, Shortcut
 
 # Table 1: block type and blocks per stage (conv2_x .. conv5_x).
@@ -58,12 +60,12 @@ def model_spec(name: str) -> ModelSpec:
             raise ValueError(f"unknown model {name!r}: CIFAR networks have 6n+2 layers (n >= 1), e.g. 20, 32, 44, 56, 110")
         n = (depth - 2) // 6
         return ModelSpec(name, "cifar", depth, residual, "A" if residual else None, 10, 32,
-                         partial(cifar_resnet, layers=(n, n, n)))
+                         partial(cifar_resnet, layers=(n, n, n), plain=not residual))
     if depth not in IMAGENET_LAYOUTS:
         raise ValueError(f"unknown model {name!r}: ImageNet depths are {sorted(IMAGENET_LAYOUTS)}")
     block, layers = IMAGENET_LAYOUTS[depth]
     return ModelSpec(name, "imagenet", depth, residual, "B" if residual else None, 1000, 224,
-                     partial(imagenet_resnet, block=block, layers=layers))
+                     partial(imagenet_resnet, block=block, layers=layers, plain=not residual))
 
 
 def list_models() -> list[str]:
@@ -79,6 +81,7 @@ def create_model(
     shortcut: Shortcut | None = None,
     stride_in_1x1: bool = True,
     zero_init_residual: bool = False,
+    input_norm: nn.Module | None = None,
     weights: str | None = None,
 ) -> ResNet:
     """Build a network of the paper by name.
@@ -86,23 +89,30 @@ def create_model(
     shortcut: "A", "B" or "C" (Table 3); default B for ImageNet nets, A for CIFAR nets
         (Sec. 4.2). Plain networks have none and refuse one.
     stride_in_1x1: the paper's stride placement in bottlenecks (True) or "v1.5" (False).
+    input_norm: what the network applies to its input first (`Normalize`; see
+        `resnets.models.loading.input_normalization` for the kinds a config names).
     weights: a `model.safetensors` written by `resnets` (or a state dict file); with it the
-        network also gets the input normalisation it was trained with.
+        network also gets the input normalisation stored in the file.
     """
     spec = model_spec(name)
     if not spec.residual and shortcut is not None:
         raise ValueError(f"{name} is a plain network (no shortcuts); shortcut={shortcut!r} does not apply")
     if shortcut is not None and shortcut not in ("A", "B", "C"):
         raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {shortcut!r}")
-    if weights is not None and num_classes is None:
-        from .weights import read_weights_config
+    if weights is not None:
+        from .weights import read_weights_config, read_weights_normalization
 
-        num_classes = read_weights_config(weights).get("num_classes")
+        if input_norm is not None:
+            raise ValueError("weights= brings the input normalisation stored with them; do not pass input_norm too")
+        if num_classes is None:
+            num_classes = read_weights_config(weights).get("num_classes")
+        input_norm = read_weights_normalization(weights)
     model = spec.build(
         num_classes=num_classes or spec.default_num_classes,
-        shortcut=shortcut or spec.default_shortcut,
+        **({"shortcut": shortcut or spec.default_shortcut} if spec.residual else {}),
         stride_in_1x1=stride_in_1x1,
         zero_init_residual=zero_init_residual,
+        input_norm=input_norm,
     )
     if weights is not None:
         from .weights import load_weights_into

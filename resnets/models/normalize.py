@@ -6,23 +6,29 @@ one `Normalize`: `mean` is a (3, H, W) mean image or a (3, 1, 1) channel mean, `
 (3, 1, 1). Images come in as uint8 0..255 (or float in [0, 1]) and leave as
 `(x / 255 - mean) / std`.
 
-The buffers are non-persistent: `ResNet.state_dict()` stays exactly torchvision's, and the
-weights file stores the normalisation beside the network (see `resnets.models.weights`).
+The buffers are non-persistent: `ResNet.state_dict()` stays exactly torchvision's. On disk
+the normalisation has one encoding: the tensors `input_norm.mean` and `input_norm.std` beside
+the network's own in the same tensor mapping (a `model.safetensors`, or the "model" entry of a
+checkpoint); no such tensors means no normalisation. `normalization_state` writes it and
+`split_normalization` reads it; the kind follows from the tensors (`Normalize.kind`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import CheckpointError
 
 # torchvision's ImageNet statistics, for weights trained with them.
 IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_CHANNEL_STD = (0.229, 0.224, 0.225)
 
 NormalizationKind = Literal["per_pixel_mean", "channel_mean_std", "none"]
+PREFIX = "input_norm."  # outside torchvision's key space
 
 
 class Normalize(nn.Module):
@@ -60,3 +66,21 @@ class Normalize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, mean_shape={tuple(self.mean.shape)}"
+
+
+def normalization_state(norm: Normalize | None) -> dict[str, Tensor]:
+    """The on-disk form of `norm`: {"input_norm.mean": ..., "input_norm.std": ...}, or {} for none."""
+    if norm is None:
+        return {}
+    return {PREFIX + "mean": norm.mean.detach().cpu().contiguous(), PREFIX + "std": norm.std.detach().cpu().contiguous()}
+
+
+def split_normalization(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Normalize | None]:
+    """(the network's own tensors, the normalisation stored beside them or None)."""
+    network = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
+    stored = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    if not stored:
+        return network, None
+    if "mean" not in stored:
+        raise CheckpointError(f"the stored input normalisation has {PREFIX}std but no {PREFIX}mean")
+    return network, Normalize(stored["mean"], stored.get("std", 1.0))

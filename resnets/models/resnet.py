@@ -3,8 +3,9 @@
 One `ResNet` class covers every network of the paper: the ImageNet models of Table 1
 (18/34 with basic blocks, 50/101/152 with bottlenecks), the CIFAR-10 models of Sec. 4.2
 (6n+2 layers, 16/32/64 filters) and the plain twins of both (no shortcuts, Sec. 3.3).
-A stage is a plain loop over blocks (`make_stage`), shared with the detection head
-(Appendix A builds res5 with it).
+A stage is a plain loop over blocks (`make_stage`). The Faster R-CNN detector (Appendix A)
+takes a network apart at its stages: `forward_features` up to conv4_x is its shared trunk,
+and the conv5_x stage is its box head.
 
 State-dict keys follow torchvision (conv1, bn1, layer1.0.conv1, layer1.0.downsample.0/1,
 fc), so weights load both ways with strict=True.
@@ -50,28 +51,26 @@ class ZeroPadShortcut(nn.Module):
         return f"extra_channels={self.extra_channels}, stride={self.stride}"
 
 
-def make_shortcut(
-    option: Shortcut | None, in_channels: int, out_channels: int, stride: int
-) -> nn.Module | None:
-    """The shortcut's transform, or None for a plain identity (or no shortcut at all).
+def make_shortcut(option: Shortcut, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    """The shortcut's transform, or None for the identity.
 
     Table 3's options: A zero-pads where the shape changes, B projects (1x1 conv + BN)
     where it changes, C projects everywhere.
     """
+    if option not in ("A", "B", "C"):
+        raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {option!r}")
     changes_shape = stride != 1 or in_channels != out_channels
     if option == "C" or (option == "B" and changes_shape):
         return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
     if option == "A" and changes_shape:
         return ZeroPadShortcut(in_channels, out_channels, stride)
-    if option not in ("A", "B", "C", None):
-        raise ValueError(f"shortcut must be 'A', 'B', 'C' or None (plain), got {option!r}")
     return None
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (Fig. 5 left): ResNet-18/34 and the CIFAR networks.
 
-    `shortcut=None` makes the block plain: y = F(x) without the addition (Sec. 3.3).
+    `plain=True` makes the block plain: y = F(x) without the shortcut and addition (Sec. 3.3).
     """
 
     expansion = 1
@@ -81,17 +80,18 @@ class BasicBlock(nn.Module):
         in_channels: int,
         width: int,
         stride: int = 1,
-        shortcut: Shortcut | None = "B",
+        shortcut: Shortcut = "B",
         stride_in_1x1: bool = True,  # no 1x1 here; accepted so every block builds alike
+        plain: bool = False,
     ) -> None:
         super().__init__()
-        self.residual = shortcut is not None
+        self.residual = not plain
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width)
         self.bn2 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_channels, width, stride)
+        self.downsample = None if plain else make_shortcut(shortcut, in_channels, width, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -120,13 +120,14 @@ class Bottleneck(nn.Module):
         in_channels: int,
         width: int,
         stride: int = 1,
-        shortcut: Shortcut | None = "B",
+        shortcut: Shortcut = "B",
         stride_in_1x1: bool = True,
+        plain: bool = False,
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.residual = shortcut is not None
+        self.residual = not plain
         self.conv1 = conv1x1(in_channels, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, stride_3x3)
@@ -134,7 +135,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = make_shortcut(shortcut, in_channels, out_channels, stride)
+        self.downsample = None if plain else make_shortcut(shortcut, in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -154,13 +155,14 @@ def make_stage(
     width: int,
     num_blocks: int,
     stride: int,
-    shortcut: Shortcut | None,
+    shortcut: Shortcut = "B",
     stride_in_1x1: bool = True,
+    plain: bool = False,
 ) -> nn.Sequential:
     """`num_blocks` blocks; the first one downsamples by `stride` (conv3_1, conv4_1, conv5_1)."""
     blocks = []
     for i in range(num_blocks):
-        blocks.append(block(in_channels, width, stride if i == 0 else 1, shortcut, stride_in_1x1))
+        blocks.append(block(in_channels, width, stride if i == 0 else 1, shortcut, stride_in_1x1, plain))
         in_channels = width * block.expansion
     return nn.Sequential(*blocks)
 
@@ -172,6 +174,7 @@ class ResNet(nn.Module):
     `stem="cifar"`: one 3x3 conv with `widths[0]` filters and no pooling (Sec. 4.2).
     The first stage keeps the resolution, every later one halves it.
 
+    `plain=True` builds the plain twin (no shortcuts, Sec. 3.3); `shortcut` is then unused.
     `input_norm` (optional, see `Normalize`) is applied first; it holds non-persistent
     buffers so the state dict stays exactly torchvision's.
     """
@@ -182,14 +185,16 @@ class ResNet(nn.Module):
         layers: Iterable[int],
         widths: Iterable[int] = (64, 128, 256, 512),
         num_classes: int = 1000,
-        shortcut: Shortcut | None = "B",
+        shortcut: Shortcut = "B",
         stride_in_1x1: bool = True,
         zero_init_residual: bool = False,
         stem: Literal["imagenet", "cifar"] = "imagenet",
+        plain: bool = False,
+        input_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         layers, widths = tuple(layers), tuple(widths)
-        self.input_norm: nn.Module | None = None
+        self.input_norm = input_norm
         if stem == "imagenet":
             stem_channels = 64
             self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
@@ -205,7 +210,7 @@ class ResNet(nn.Module):
         in_channels = stem_channels
         for i, (width, num_blocks) in enumerate(zip(widths, layers)):
             stage = make_stage(
-                block, in_channels, width, num_blocks, 1 if i == 0 else 2, shortcut, stride_in_1x1
+                block, in_channels, width, num_blocks, 1 if i == 0 else 2, shortcut, stride_in_1x1, plain
             )
             self.add_module(f"layer{i + 1}", stage)
             self.stage_names.append(f"layer{i + 1}")
@@ -240,7 +245,7 @@ class ResNet(nn.Module):
     def forward_features(self, x: Tensor, stages: Iterable[str] | None = None) -> dict[str, Tensor]:
         """Outputs of the named stages ("stem", "layer1", ...), computing no further than needed.
 
-        Default: every stage. Used by the detection backbone (C4 = "layer3") and analyses.
+        Default: every stage. The detector's trunk is `stages=["layer3"]` (C4, Appendix A).
         """
         wanted = set(self.stage_names if stages is None else stages)
         unknown = wanted - {"stem", *self.stage_names}

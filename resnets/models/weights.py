@@ -3,18 +3,19 @@
 `model.safetensors` files written by resnets carry their own description in the
 safetensors metadata (torchvision-style "weights carrying their metadata"): the model
 config (name, num_classes, shortcut, stride placement), the input normalisation tensors
-(stored under `input_norm.*`, outside the torchvision key space) and whatever the run
-measured. Nothing is ever unpickled: .pt files are read with `weights_only=True`.
+(`input_norm.*`, see `resnets.models.normalize`) and whatever the run measured.
+`load_state_dict` loads the network's own weights only; the normalisation is read with
+`read_weights_normalization` and given to the network when it is built (`create_model`).
+Nothing is ever unpickled: .pt files are read with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -22,45 +23,19 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from .normalize import Normalize
+from ..io import atomic_write
+from .normalize import PREFIX as _NORM_PREFIX
+from .normalize import Normalize, normalization_state, split_normalization
 
-_NORM_PREFIX = "input_norm."
 # Prefixes left by wrappers: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Write via `write(tmp_path)` to a temp file in the same directory, fsync, then rename.
-
-    A crash (or kill -9) at any moment leaves either the old file or the new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module, model_config: Mapping[str, Any],
                  metadata: Mapping[str, Any] | None = None) -> None:
     """Write the network, its normalisation and its config as one safetensors file."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    norm = getattr(model, "input_norm", None)
-    if norm is not None:
-        tensors[_NORM_PREFIX + "mean"] = norm.mean.detach().cpu().contiguous()
-        tensors[_NORM_PREFIX + "std"] = norm.std.detach().cpu().contiguous()
+    tensors.update(normalization_state(getattr(model, "input_norm", None)))
     header = {"format": "resnets", "model": json.dumps(dict(model_config)),
               "metadata": json.dumps(dict(metadata or {}))}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
@@ -81,6 +56,14 @@ def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
         header = _safetensors_header(path)
         return json.loads(header.get("model", "{}"))
     return {}
+
+
+def read_weights_normalization(path: str | os.PathLike) -> Normalize | None:
+    """The input normalisation stored in a weights file (None when it holds none)."""
+    try:
+        return split_normalization(read_state_dict(path))[1]
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -138,8 +121,8 @@ def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     else:
         source = str(path_or_dict)
         state_dict = read_state_dict(path_or_dict)
-    state_dict = strip_wrapper_prefixes(state_dict)
-    norm = {k[len(_NORM_PREFIX):]: state_dict.pop(k) for k in list(state_dict) if k.startswith(_NORM_PREFIX)}
+    # The network's own tensors; a stored normalisation is not the network's to load.
+    state_dict = {k: v for k, v in strip_wrapper_prefixes(state_dict).items() if not k.startswith(_NORM_PREFIX)}
 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -153,14 +136,12 @@ def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
             f"{source} does not fit {type(model).__name__}: missing keys: {show(missing)}; "
             f"unexpected keys: {show(unexpected)}; shape mismatches: {show(shapes)}")
     model.load_state_dict(state_dict, strict=True)
-    if norm:
-        model.input_norm = Normalize(norm["mean"], norm["std"]).to(next(model.parameters()).device)
     return model
 
 
 def load_weights_into(model: nn.Module, path: str | os.PathLike, expected_name: str | None = None,
                       stride_in_1x1: bool | None = None) -> nn.Module:
-    """Load a weights file into `model`, checking the file describes the same network."""
+    """Load a weights file's network weights into `model`, checking the file describes the same network."""
     config = read_weights_config(path)
     if expected_name and config.get("name") not in (None, expected_name):
         raise CheckpointError(f"{path} holds weights of {config['name']}, not {expected_name}")

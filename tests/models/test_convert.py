@@ -14,7 +14,7 @@ from resnets import convert_cli
 from resnets.errors import CheckpointError, ConfigError
 from resnets.models import Normalize, create_model, read_weights_config
 from resnets.models.convert import convert_state_dict, convert_weights
-from resnets.train.checkpoint import model_from_file
+from resnets.models.loading import model_from_file
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

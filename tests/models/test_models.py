@@ -8,7 +8,7 @@ import torch
 
 import resnets
 from resnets import CheckpointError, count_flops, count_params, create_model, list_models, load_state_dict
-from resnets.models import BasicBlock, Bottleneck, Normalize, ZeroPadShortcut, model_spec, save_weights
+from resnets.models import BasicBlock, Bottleneck, Normalize, ResNet, ZeroPadShortcut, model_spec, save_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # ResNet-1202 is 19.4M parameters on 1202 layers: its forward/backward alone would take
@@ -154,6 +154,17 @@ def test_plain_blocks_have_no_shortcut_and_residual_blocks_add_it():
     assert torch.equal(block(x), x)
 
 
+def test_plain_is_explicit_and_keeps_the_state_dict_keys():
+    # `plain=True`, not `shortcut=None`, builds a plain net; its keys are the residual net's minus projections.
+    plain, res = create_model("plain34"), create_model("resnet34")
+    assert set(plain.state_dict()) == {k for k in res.state_dict() if ".downsample." not in k}
+    assert set(create_model("cifar_plain20").state_dict()) == set(create_model("cifar_resnet20").state_dict())
+    assert not any(b.residual for b in ResNet(BasicBlock, [1, 1], widths=(8, 16), plain=True).modules()
+                   if isinstance(b, BasicBlock))
+    with pytest.raises(ValueError, match="'A', 'B' or 'C'"):
+        BasicBlock(8, 16, 2, shortcut=None)
+
+
 def test_shortcut_defaults_and_placement():
     r50 = create_model("resnet50")
     assert isinstance(r50.layer1[0].downsample, torch.nn.Sequential)  # B: 64 -> 256 projects
@@ -244,6 +255,10 @@ def test_weights_file_carries_config_and_normalisation(tmp_path):
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
     assert resnets.models.read_weights_metadata(path) == {"val_error": 12.5}
+    # The normalisation is given to a network when it is built; loading weights never sets it.
+    bare = create_model("cifar_resnet20", num_classes=4)
+    load_state_dict(bare, path)
+    assert bare.input_norm is None and torch.equal(bare.conv1.weight, model.conv1.weight)
     with pytest.raises(CheckpointError, match="cifar_resnet20, not cifar_resnet56"):
         create_model("cifar_resnet56", weights=str(path))
 

@@ -70,7 +70,7 @@ def test_export_cli_bad_input_is_one_line(tmp_path, capsys):
 def test_export_cli_from_a_training_checkpoint(tiny_cifar, tmp_path, capsys):
     from resnets.config import resolve_config
     from resnets.train import engine
-    from resnets.train.checkpoint import model_from_file
+    from resnets.models.loading import model_from_file
 
     run = tmp_path / "run"
     engine.train(resolve_config(overrides={
