@@ -13,10 +13,10 @@ import json
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .metrics import TopKAccumulator
+from ..runtime import Runtime
+from .evaluate import evaluate
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
@@ -25,21 +25,12 @@ def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": data.get("dataset"), "val_size": data.get("val_size"), "split_seed": data.get("split_seed")}
 
 
-@torch.no_grad()
-def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int, device: torch.device,
-                   precision: str, batch_size: int = 500, cache_dir: str | None = None) -> dict[str, Any]:
+def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int, runtime: Runtime,
+                   batch_size: int = 500, workers: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
     from ..data.cifar import EvalBatches, load_cifar10
 
-    data = load_cifar10(path, split, val_size, split_seed, cache_dir)
-    acc = TopKAccumulator((1, 5), device=device)
-    for m in models:
-        m.eval().to(device, memory_format=torch.channels_last)
-    for x, y in EvalBatches(data.images, data.labels, batch_size, device):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in models]).mean(0)
-        acc.update(probs, y)
-    result = acc.compute()
+    data = load_cifar10(path, split, val_size, split_seed, cache_dir, workers)
+    result = evaluate(models, EvalBatches(data.images, data.labels, batch_size, runtime.device), runtime)
     result.update(split=split, dataset="cifar10", data=data.source)
     return result
 
@@ -57,44 +48,45 @@ def imagenet_classes(path: str, model_classes: list[str] | None) -> list[str] | 
     return None
 
 
-def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torch.device, batch_size: int,
-                      workers: int, skip_bad_images: bool, classes: list[str] | None = None) -> dict[str, Any]:
+def evaluate_imagenet(models, path: str, split: str, protocol: str, runtime: Runtime, batch_size: int,
+                      workers: int, skip_bad_images: bool, classes: list[str] | None = None,
+                      cache_dir: str | None = None) -> dict[str, Any]:
     from pathlib import Path
 
     from ..data.imagenet import ImageFolder
-    from .tta import evaluate, protocol_transform
+    from .tta import evaluate_protocol, protocol_transform
 
     if split not in ("val", "train"):
         raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")
     dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol),
-                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images)
-    # The models carry their own input normalisation; the protocols hand them [0, 1] floats.
-    result = evaluate(list(models), [lambda x: x] * len(models), dataset, protocol, batch_size, device,
-                      num_workers=workers)
+                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images,
+                          cache_dir=cache_dir)
+    result = evaluate_protocol(models, dataset, protocol, batch_size, runtime, num_workers=workers)
     result.update(split=split, dataset="imagenet", protocol=protocol)
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.checkpoint import model_from_file
-    from ..train.runtime import resolve_device, resolve_precision
+    from ..models.loading import model_from_file
+    from ..runtime import resolve_device, resolve_precision
 
     loaded = [model_from_file(p) for p in args.checkpoint]
-    models = [m for m, _ in loaded]
+    device = resolve_device(args.device)
+    runtime = Runtime(device, resolve_precision(args.precision, device))
+    models = [m.to(memory_format=torch.channels_last) for m, _ in loaded]  # evaluate() feeds NHWC batches
     defaults = _defaults_from_run(loaded[0][1])
     dataset = args.dataset or defaults["dataset"] or "cifar10"
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
     if dataset == "cifar10":
         if args.tta != "center":
             raise ConfigError("--tta: CIFAR-10 is evaluated on the 32x32 images as they are (Sec. 4.2); use center")
         val_size = args.val_size if args.val_size is not None else (defaults["val_size"] or 5000)
         split_seed = args.split_seed if args.split_seed is not None else (defaults["split_seed"] or 0)
-        result = evaluate_cifar(models, args.data, args.split, val_size, split_seed, device, precision,
-                                cache_dir=args.cache_dir)
+        result = evaluate_cifar(models, args.data, args.split, val_size, split_seed, runtime,
+                                batch_size=args.batch_size or 500, workers=args.workers, cache_dir=args.cache_dir)
     else:
-        result = evaluate_imagenet(models, args.data, args.split, args.tta, device, args.batch_size,
-                                   args.workers, args.skip_bad_images, loaded[0][1]["model"].get("classes"))
+        result = evaluate_imagenet(models, args.data, args.split, args.tta, runtime, args.batch_size or 50,
+                                   4 if args.workers is None else args.workers, args.skip_bad_images,
+                                   loaded[0][1]["model"].get("classes"), cache_dir=args.cache_dir)
     result["checkpoints"] = list(args.checkpoint)
     if not args.json:
         print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
@@ -116,9 +108,11 @@ def add_parser(subparsers) -> None:
                    help="ImageNet test-time protocol (Sec. 3.4)")
     p.add_argument("--val-size", type=int, help="CIFAR-10: held-out images (default: as in training)")
     p.add_argument("--split-seed", type=int, help="CIFAR-10: split seed (default: as in training)")
-    p.add_argument("--cache-dir", help="where decoded-data caches live")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--cache-dir", help="where decoded-data and file-index caches live (default ~/.cache/resnets)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: 500 for CIFAR-10, 50 for ImageNet)")
+    p.add_argument("--workers", type=int,
+                   help="CIFAR-10: processes decoding image files (default: automatic); ImageNet: DataLoader "
+                        "workers (default: 4)")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")

@@ -4,10 +4,10 @@ The paper reports top-1 and top-5 *error* rates (Tables 2-5). Counts are kept as
 integer tensors on the scores' device, so accumulating over a validation run costs
 no host sync per batch, and summing them across ranks is one ``all_reduce``.
 
-Distributed samplers pad the data set to a multiple of the world size by
-repeating samples; those duplicates must not be counted twice. Every update
-therefore takes an optional validity mask, and :func:`shard_indices` produces
-rank-strided indices together with that mask.
+Distributed evaluation in resnets gives every process its own strided share of
+the images, each image exactly once (no padding), so the sum over processes counts
+every image once. An update can still take a validity mask, for callers whose
+sampler pads.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["TopKAccumulator", "shard_indices", "topk_errors"]
+__all__ = ["TopKAccumulator", "topk_errors"]
 
 
 def topk_errors(
@@ -45,17 +45,6 @@ def topk_errors(
         n = torch.tensor(scores.shape[0], device=top.device)
     counts = [n - correct_within[:, min(k, kmax) - 1].sum() for k in ks]
     return torch.stack(counts).to(torch.int64)
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank `rank`'s share of ``range(n)`` the way ``DistributedSampler(shuffle=False)`` pads it.
-
-    Returns ``(indices, valid)``: indices wrap around to make every rank's share equal length;
-    ``valid`` is False for the wrapped duplicates. Feed ``valid`` to :meth:`TopKAccumulator.update`.
-    """
-    per_rank = -(-n // world_size)
-    positions = torch.arange(rank, per_rank * world_size, world_size)
-    return positions % n, positions < n
 
 
 class TopKAccumulator:

@@ -12,17 +12,18 @@
   spatially. We average softmax scores over scales and horizontal flips.
 * ensembles: softmax scores of several models averaged (Table 5).
 
-``normalize`` arguments are callables taking a float batch (B, 3, H, W) in [0, 1] on
-the device and returning the network input. The paper's per-pixel mean image has a
-fixed size (224x224) while multi-scale inputs do not; ``resnets.models.Normalize``
-resizes the mean image bilinearly to each input's size, which is what any
-``normalize`` used with ``multiscale`` must do.
+The networks carry their own input normalisation (`resnets.models.Normalize`) and are
+handed [0, 1] float images. The paper's per-pixel mean image has a fixed size (224x224)
+while multi-scale inputs do not; `Normalize` resizes the mean image bilinearly to each
+input's size. Scores are computed by `resnets.eval.evaluate.evaluate`, the loop every
+evaluation in resnets runs; this module supplies the views (`protocol_predict`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -30,25 +31,26 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from resnets.data.imagenet import SkipEmpty
 from resnets.data.transforms import ResizeCenterCrop, ResizeShorter, to_uint8_chw
 from resnets.errors import ConfigError
-from resnets.eval.metrics import TopKAccumulator
+from resnets.eval.evaluate import CPU, Predict, class_log_probs, evaluate, mean_of_probs
+from resnets.runtime import Runtime
 
 __all__ = [
     "MULTISCALE_SCALES",
     "PROTOCOLS",
     "FullImage",
     "TenCrop",
-    "batch_probs",
-    "ensemble_probs",
-    "evaluate",
-    "multiscale_scores",
+    "evaluate_protocol",
+    "multiscale_log_probs",
+    "protocol_predict",
     "protocol_transform",
     "ten_crop",
     "ten_crop_boxes",
+    "ten_crop_log_probs",
 ]
 
-Normalizer = Callable[[torch.Tensor], torch.Tensor]
 Protocol = Literal["center", "10crop", "multiscale"]
 PROTOCOLS: tuple[str, ...] = ("center", "10crop", "multiscale")
 MULTISCALE_SCALES: tuple[int, ...] = (224, 256, 384, 480, 640)  # Sec. 3.4
@@ -141,86 +143,81 @@ def _resize_shorter_tensor(x: torch.Tensor, shorter: int) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-@torch.inference_mode()
-def multiscale_scores(
-    model: nn.Module,
-    normalize: Normalizer,
-    image_uint8: torch.Tensor,
-    scales: Sequence[int] = MULTISCALE_SCALES,
-    flip: bool = True,
+def multiscale_log_probs(
+    model: nn.Module, x: torch.Tensor, scales: Sequence[int] = MULTISCALE_SCALES, flip: bool = True
 ) -> torch.Tensor:
-    """Fully-convolutional multi-scale softmax scores (C,) for one uint8 (3, H, W) image.
+    """Fully-convolutional multi-scale log-probabilities (1, C) of one float image (1, 3, H, W).
 
     For each scale the shorter side is resized to it, the network runs on the whole
-    image (global average pooling makes any size valid), and the softmax scores of the
-    image and its mirror are averaged with those of all other scales. Runs on the
-    image's device; put `model` in eval mode first.
+    image (global average pooling makes any size valid), and the probabilities of the
+    image and its mirror are averaged with those of all other scales.
     """
-    x = image_uint8.unsqueeze(0).float().div_(255)
-    total = None
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ConfigError(f"multiscale expects one whole image at a time (1, 3, H, W), got {tuple(x.shape)}; "
+                          "use protocol_transform('multiscale')")
+    if not scales:
+        raise ConfigError("multiscale needs at least one scale")
+    views = []
     for s in scales:
         xs = _resize_shorter_tensor(x, s)
         if flip:
             xs = torch.cat([xs, xs.flip(-1)])
-        probs = model(normalize(xs)).float().softmax(dim=1).sum(0)
-        total = probs if total is None else total + probs
-    assert total is not None, "scales must not be empty"
-    return total / (len(scales) * (2 if flip else 1))
+        views.append(class_log_probs(model, xs))
+    return mean_of_probs(torch.cat(views))[None]
 
 
-def ensemble_probs(probs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Average of several models' softmax scores (the Table 5 ensemble)."""
-    if len(probs) == 0:
-        raise ValueError("ensemble_probs needs at least one tensor")
-    return torch.stack(list(probs)).mean(0)
+def ten_crop_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (B, C) of 10-crop batches (B, 10, 3, h, w): the 10 views' probabilities averaged."""
+    if x.ndim != 5 or x.shape[1] != 10:
+        raise ConfigError(f"protocol '10crop' got images of shape {tuple(x.shape[1:])}; "
+                          "build the data set with transform=protocol_transform('10crop')")
+    b = x.shape[0]
+    return mean_of_probs(class_log_probs(model, x.flatten(0, 1)).view(b, 10, -1), dim=1)
+
+
+def protocol_predict(protocol: Protocol, scales: Sequence[int] = MULTISCALE_SCALES, flip: bool = True) -> Predict:
+    """How a network scores a batch under `protocol` (for `resnets.eval.evaluate.evaluate`)."""
+    if protocol == "center":
+        return _center_log_probs
+    if protocol == "10crop":
+        return ten_crop_log_probs
+    if protocol == "multiscale":
+        return partial(multiscale_log_probs, scales=tuple(scales), flip=flip)
+    raise ConfigError(f"unknown test protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def _center_log_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if x.ndim != 4:
+        raise ConfigError(f"protocol 'center' got images of shape {tuple(x.shape[1:])}; "
+                          "build the data set with transform=protocol_transform('center')")
+    return class_log_probs(model, x)
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.inference_mode()
-def batch_probs(
-    models: Sequence[nn.Module],
-    normalizers: Sequence[Normalizer],
-    x: torch.Tensor,
-    protocol: Literal["center", "10crop"],
-) -> torch.Tensor:
-    """Softmax scores (B, C) for a uint8 batch: ``center`` (B, 3, h, w) or ``10crop`` (B, 10, 3, h, w).
-
-    10-crop scores are the mean over the views; several models are averaged (ensemble).
-    """
-    views = 10 if protocol == "10crop" else 1
-    if (x.ndim, x.shape[1:2]) != ((5, (10,)) if views == 10 else (4, (3,))):
-        raise ConfigError(f"protocol {protocol!r} got images of shape {tuple(x.shape[1:])}; "
-                          f"build the data set with transform=protocol_transform({protocol!r})")
-    b = x.shape[0]
-    x = x.reshape(-1, *x.shape[-3:]).float().div_(255)
-    return ensemble_probs(
-        [m(n(x)).float().softmax(dim=1).reshape(b, views, -1).mean(1) for m, n in zip(models, normalizers)]
-    )
-
-
-def _collate(batch: list[tuple[Any, int]]) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-    """Keep images as a list (multi-scale inputs differ in size); drop unreadable ones."""
+def _stack(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Stack a batch, dropping unreadable images (None); every image must have the same shape."""
     good = [(img, t) for img, t in batch if img is not None]
     if not good:
         return None
-    return [img for img, _ in good], torch.tensor([t for _, t in good], dtype=torch.int64)
+    if len({tuple(img.shape) for img, _ in good}) > 1:
+        raise ConfigError("a protocol batch got images of different sizes; build the data set with "
+                          "transform=protocol_transform(protocol)")
+    return torch.stack([img for img, _ in good]), torch.tensor([t for _, t in good], dtype=torch.int64)
 
 
-@torch.inference_mode()
-def evaluate(
+def evaluate_protocol(
     models: nn.Module | Sequence[nn.Module],
-    normalizers: Normalizer | Sequence[Normalizer],
     dataset: torch.utils.data.Dataset,
     protocol: Protocol = "center",
     batch_size: int = 50,
-    device: torch.device | str = "cpu",
+    runtime: Runtime = CPU,
     *,
     num_workers: int = 0,
     scales: Sequence[int] = MULTISCALE_SCALES,
     flip: bool = True,
-    sampler: torch.utils.data.Sampler | None = None,
+    sampler: torch.utils.data.Sampler | Sequence[int] | None = None,
 ) -> dict[str, float | int]:
     """Top-1/top-5 error (%) of a model or an ensemble on `dataset` under a test `protocol`.
 
@@ -228,48 +225,16 @@ def evaluate(
     build it with ``transform=protocol_transform(protocol)``: ``center`` uint8 (3, 224, 224),
     ``10crop`` uint8 (10, 3, 224, 224), ``multiscale`` the whole uint8 (3, H, W) image.
     ``center`` and ``10crop`` run batched; ``multiscale`` one image at a time (every image
-    has its own sizes). With several models, their softmax scores are averaged. Models are
-    put in eval mode. Returns ``{"top1_err", "top5_err", "n"}``; errors summed over ranks when
-    torch.distributed is initialised: give each rank a non-overlapping, *unpadded* `sampler`
-    (e.g. ``range(rank, len(dataset), world_size)``; uneven shards are fine because the only
-    collective is the final sum).
+    has its own size). Under torch.distributed give each rank a non-overlapping, *unpadded*
+    `sampler` (e.g. ``range(rank, len(dataset), world_size)``).
     """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown test protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    model_list = [models] if isinstance(models, nn.Module) else list(models)
-    norm_list = list(normalizers) if isinstance(normalizers, Sequence) else [normalizers] * len(model_list)
-    if len(norm_list) != len(model_list):
-        raise ConfigError(f"got {len(model_list)} models but {len(norm_list)} normalizers")
-    device = torch.device(device)
-    for m in model_list:
-        m.eval()
-
+    predict = protocol_predict(protocol, scales, flip)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=1 if protocol == "multiscale" else batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        collate_fn=_stack,
+        pin_memory=runtime.device.type == "cuda",
     )
-    acc = TopKAccumulator((1, 5), device=device)
-    for batch in loader:
-        if batch is None:
-            continue
-        images, targets = batch
-        targets = targets.to(device, non_blocking=True)
-        if protocol == "multiscale":
-            img = images[0].to(device, non_blocking=True)
-            if img.ndim != 3:
-                raise ConfigError(f"multiscale expects whole images (3, H, W), got {tuple(img.shape)}; "
-                                  "use protocol_transform('multiscale')")
-            probs = ensemble_probs([multiscale_scores(m, n, img, scales, flip) for m, n in zip(model_list, norm_list)])
-            acc.update(probs[None], targets)
-            continue
-        if len({tuple(i.shape) for i in images}) > 1:
-            raise ConfigError(f"protocol {protocol!r} got images of different sizes; "
-                              f"build the data set with transform=protocol_transform({protocol!r})")
-        x = torch.stack(images).to(device, non_blocking=True)
-        acc.update(batch_probs(model_list, norm_list, x, protocol), targets)
-    acc.all_reduce()
-    return acc.compute()
+    return evaluate(models, SkipEmpty(loader), runtime, predict)

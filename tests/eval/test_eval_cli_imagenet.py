@@ -18,7 +18,7 @@ from PIL import Image
 from resnets.cli import main
 from resnets.data.transforms import ResizeCenterCrop, ResizeShorter, to_uint8_chw
 from resnets.eval.tta import ten_crop
-from resnets.models import Normalize, create_model, save_weights
+from resnets.models import Normalize, ResNet, create_model, save_weights
 
 CLASSES = ["n01", "n02", "n03"]
 
@@ -60,9 +60,9 @@ def models(tmp_path_factory):
             (folder / "b.safetensors", save_model(folder / "b.safetensors", 1, False))]
 
 
-def run_eval(capsys, tree: Path, checkpoints, tta: str) -> dict:
+def run_eval(capsys, tree: Path, checkpoints, tta: str, *extra: str) -> dict:
     argv = ["eval", "--dataset", "imagenet", "--data", str(tree), "--tta", tta, "--workers", "0",
-            "--device", "cpu", "--batch-size", "3", "--json"]
+            "--device", "cpu", "--batch-size", "3", "--json", *extra]
     for c in checkpoints:
         argv += ["--checkpoint", str(c)]
     assert main(argv) == 0
@@ -123,3 +123,37 @@ def test_multiscale_runs_fully_convolutionally(capsys, tree, models, monkeypatch
     result = run_eval(capsys, tree, [models[0][0]], "multiscale")
     assert result["n"] == 2 and result["protocol"] == "multiscale" and result["dataset"] == "imagenet"
     assert result["top1_err"] in (0.0, 50.0, 100.0)
+
+
+def test_models_go_to_the_device_and_run_at_the_precision_asked_for(capsys, tree, models, monkeypatch, tmp_path):
+    """Regression: the ImageNet path never moved the networks to --device (a CUDA run failed) and ignored
+    --precision. Without a GPU, what is checked is that each network is sent to the requested device
+    and runs under bf16 autocast."""
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
+    moved, autocast = [], []
+    real_to, real_forward = torch.nn.Module.to, ResNet.forward
+
+    def to(self, *args, **kwargs):
+        if isinstance(self, ResNet):
+            moved.append((id(self), args[0] if args else kwargs.get("device")))
+        return real_to(self, *args, **kwargs)
+
+    def forward(self, x):
+        autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    monkeypatch.setattr(ResNet, "forward", forward)
+    result = run_eval(capsys, tree, [m for m, _ in models], "center", "--precision", "bf16")
+    assert result["n"] == 2
+    sent = {(model, torch.device(device)) for model, device in moved if device is not None}
+    assert len({model for model, device in sent if device == torch.device("cpu")}) == 2  # both networks
+    assert autocast and all(autocast_on and dtype == torch.bfloat16 for autocast_on, dtype in autocast)
+
+
+def test_cache_dir_holds_the_imagenet_file_index(capsys, tree, models, monkeypatch, tmp_path):
+    """Regression: --cache-dir was ignored for ImageNet (the file index went to ~/.cache/resnets)."""
+    default = tmp_path / "default"
+    monkeypatch.setenv("RESNETS_CACHE", str(default))
+    run_eval(capsys, tree, [models[0][0]], "center", "--cache-dir", str(tmp_path / "asked"))
+    assert list((tmp_path / "asked").glob("*.json")) and not default.exists()

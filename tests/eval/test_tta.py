@@ -1,4 +1,4 @@
-"""Test-time protocols: 10-crop geometry, multi-scale fully-convolutional scores, ensembles, evaluate()."""
+"""Test-time protocols: 10-crop geometry, multi-scale fully-convolutional scores, ensembles, evaluate_protocol()."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from torch import nn
 
 from resnets.data.imagenet import ImageFolder
 from resnets.errors import ConfigError
+from resnets.eval.evaluate import mean_of_probs
 from resnets.eval.tta import (
     TenCrop,
-    batch_probs,
-    ensemble_probs,
-    evaluate,
-    multiscale_scores,
+    evaluate_protocol,
+    multiscale_log_probs,
     protocol_transform,
     ten_crop,
     ten_crop_boxes,
+    ten_crop_log_probs,
 )
 
 
@@ -50,8 +50,15 @@ class ColourNet(nn.Module):
         return 20 * self.pool(x).flatten(1)
 
 
-def identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+class Normalised(nn.Module):
+    """A network with its input normalisation inside, as resnets' networks carry it."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 0.5) / 0.25)
 
 
 def test_ten_crop_boxes_coordinates() -> None:
@@ -76,55 +83,53 @@ def test_ten_crop_views_match_boxes_and_flips() -> None:
 
 
 def test_multiscale_equals_manual_average() -> None:
-    model = TinyNet().eval()
+    model = Normalised(TinyNet()).eval()
     torch.manual_seed(1)
     img = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
-    norm = lambda x: (x - 0.5) / 0.25  # noqa: E731
-    got = multiscale_scores(model, norm, img, scales=(10, 15, 30), flip=True)
-
     x = img[None].float() / 255
+    with torch.no_grad():
+        got = multiscale_log_probs(model, x, scales=(10, 15, 30), flip=True).exp()
+
     sizes = [(10, 13), (15, 20), (30, 40)]  # shorter side -> scale, aspect kept (40 * 10 / 30 = 13.3)
     probs = []
     with torch.no_grad():
         for size in sizes:
             xs = x if size == (30, 40) else F.interpolate(x, size=size, mode="bilinear", antialias=True)
             for view in (xs, xs.flip(-1)):
-                probs.append(model(norm(view)).softmax(1)[0])
+                probs.append(model(view).softmax(1)[0])
     expected = torch.stack(probs).mean(0)
-    assert got.shape == (4,)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert got.shape == (1, 4)
+    torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-6)
     assert abs(float(got.sum()) - 1) < 1e-5
     # Without flips only the three unflipped views count.
-    no_flip = multiscale_scores(model, norm, img, scales=(10, 15, 30), flip=False)
+    with torch.no_grad():
+        no_flip = multiscale_log_probs(model, x, scales=(10, 15, 30), flip=False).exp()[0]
     torch.testing.assert_close(no_flip, torch.stack(probs[::2]).mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_multiscale_with_per_pixel_mean_normalize() -> None:
     from resnets.models.normalize import Normalize
 
-    mean = torch.rand(3, 8, 8)
-    norm = Normalize(mean)
-    model = TinyNet().eval()
-    img = torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8)
-    probs = multiscale_scores(model, norm, img, scales=(8, 12, 16))
-    assert probs.shape == (4,) and torch.isfinite(probs).all()
+    model = nn.Sequential(Normalize(torch.rand(3, 8, 8)), TinyNet()).eval()
+    x = torch.randint(0, 256, (1, 3, 16, 24), dtype=torch.uint8).float() / 255
+    with torch.no_grad():
+        log_probs = multiscale_log_probs(model, x, scales=(8, 12, 16))
+    assert log_probs.shape == (1, 4) and torch.isfinite(log_probs).all()
 
 
-def test_ensemble_and_batch_probs() -> None:
+def test_ensemble_and_ten_crop_probs() -> None:
     a, b = torch.tensor([[0.7, 0.3], [0.2, 0.8]]), torch.tensor([[0.1, 0.9], [0.6, 0.4]])
-    torch.testing.assert_close(ensemble_probs([a, b]), torch.tensor([[0.4, 0.6], [0.4, 0.6]]))
-    with pytest.raises(ValueError):
-        ensemble_probs([])
+    torch.testing.assert_close(mean_of_probs([a.log(), b.log()]).exp(), torch.tensor([[0.4, 0.6], [0.4, 0.6]]))
 
     m1, m2 = TinyNet(seed=1).eval(), TinyNet(seed=2).eval()
-    x = torch.randint(0, 256, (2, 10, 3, 8, 8), dtype=torch.uint8)
-    got = batch_probs([m1, m2], [identity, identity], x, "10crop")
+    x = torch.randint(0, 256, (2, 10, 3, 8, 8), dtype=torch.uint8).float() / 255
     with torch.no_grad():
-        flat = x.reshape(20, 3, 8, 8).float() / 255
+        got = mean_of_probs([ten_crop_log_probs(m, x) for m in (m1, m2)]).exp()
+        flat = x.reshape(20, 3, 8, 8)
         per_model = [m(flat).softmax(1).reshape(2, 10, 4).mean(1) for m in (m1, m2)]
     torch.testing.assert_close(got, (per_model[0] + per_model[1]) / 2)
     with pytest.raises(ConfigError, match="protocol_transform"):
-        batch_probs([m1], [identity], x[:, 0], "10crop")
+        ten_crop_log_probs(m1, x[:, 0])
 
 
 def _colour_tree(root: Path) -> Path:
@@ -143,21 +148,20 @@ def _colour_tree(root: Path) -> Path:
 def test_evaluate_protocols_on_image_folder(tmp_path: Path, protocol: str) -> None:
     root = _colour_tree(tmp_path / "val")
     ds = ImageFolder(root, protocol_transform(protocol, resize=20, crop=16, scales=(16, 24)), cache=False)
-    result = evaluate(ColourNet(), identity, ds, protocol, batch_size=4, scales=(16, 24))
+    result = evaluate_protocol(ColourNet(), ds, protocol, batch_size=4, scales=(16, 24))
     assert result["n"] == 11
     assert result["top1_err"] == pytest.approx(100 * 2 / 11)
     assert result["top5_err"] == 0.0  # top-min(5, 3) = top-3 always contains the target
 
-    ens = evaluate([ColourNet(), ColourNet()], [identity, identity], ds, protocol, batch_size=4, scales=(16, 24))
-    assert ens == result
+    ens = evaluate_protocol([ColourNet(), ColourNet()], ds, protocol, batch_size=4, scales=(16, 24))
+    assert ens["n"] == result["n"] and ens["top1_err"] == result["top1_err"] and ens["top5_err"] == 0.0
+    assert ens["loss"] == pytest.approx(result["loss"])  # an ensemble of one network twice is that network
 
 
 def test_evaluate_rejects_mismatched_protocol(tmp_path: Path) -> None:
     root = _colour_tree(tmp_path / "val")
     ds = ImageFolder(root, protocol_transform("center", resize=20, crop=16), cache=False)
     with pytest.raises(ConfigError, match="10crop"):
-        evaluate(ColourNet(), identity, ds, "10crop", batch_size=4)
+        evaluate_protocol(ColourNet(), ds, "10crop", batch_size=4)
     with pytest.raises(ConfigError, match="unknown test protocol"):
-        evaluate(ColourNet(), identity, ds, "5crop", batch_size=4)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="normalizers"):
-        evaluate([ColourNet(), ColourNet()], [identity], ds, "center")
+        evaluate_protocol(ColourNet(), ds, "5crop", batch_size=4)  # type: ignore[arg-type]
