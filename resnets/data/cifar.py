@@ -45,7 +45,8 @@ from torch import Tensor
 from resnets.data.download import ARCHIVE_NAME, BATCHES_DIR
 from resnets.data.gpu_augment import as_pad_dtype, crop_flip
 from resnets.data.safe_pickle import load_pickle, load_pickle_file
-from resnets.errors import CheckpointError, ConfigError, DataError
+from resnets.errors import ConfigError, DataError
+from resnets.io import atomic_write
 
 Split = Literal["train", "val", "test", "trainval"]
 SPLITS = ("train", "val", "test", "trainval")
@@ -92,15 +93,17 @@ def load_cifar10(
     val_size: int = 5000,
     split_seed: int = 0,
     cache_dir: str | Path | None = None,
+    workers: int | None = None,
 ) -> CifarArrays:
     """Load one split of CIFAR-10 from `root` (any layout in the module docstring).
 
     `split="train"`/`"val"` are the seeded, stratified 45k/5k split of the training images
     (for `val_size=5000`); `"trainval"` is all training images; `"test"` the official test set.
+    `workers`: processes decoding image files (see `decode_images`).
     """
     if split not in SPLITS:
         raise ConfigError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    data = read_cifar10(root, cache_dir)
+    data = read_cifar10(root, cache_dir, workers)
     if split == "test":
         if data.test_images is None or data.test_labels is None:
             raise DataError(
@@ -443,16 +446,19 @@ def _cached(root: Path, fingerprint: str, cache_dir: str | Path | None, read) ->
             warnings.warn(f"{path}: ignoring unreadable CIFAR-10 cache ({e})", stacklevel=2)
     data = read()
     empty = np.empty((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+            np.savez(
+                f, train_images=data.train_images, train_labels=data.train_labels,
+                test_images=data.test_images if data.test_images is not None else empty,
+                test_labels=data.test_labels if data.test_labels is not None else np.empty(0, np.int64),
+                has_test=np.array(data.test_images is not None), classes=np.array(data.classes),
+                source=np.array(data.source),
+            )
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp, train_images=data.train_images, train_labels=data.train_labels,
-            test_images=data.test_images if data.test_images is not None else empty,
-            test_labels=data.test_labels if data.test_labels is not None else np.empty(0, np.int64),
-            has_test=np.array(data.test_images is not None), classes=np.array(data.classes), source=np.array(data.source),
-        )
-        os.replace(tmp, path)  # atomic: concurrent loaders never see a half-written cache
+        atomic_write(path, write)  # concurrent loaders never see a half-written cache
     except OSError as e:
         warnings.warn(f"{path}: could not write the decoded CIFAR-10 cache ({e}); the next load decodes again", stacklevel=2)
     return data
@@ -504,7 +510,6 @@ class CifarBatches:
         # Converted and moved once, not on every step.
         self.pad_value = as_pad_dtype(pad_value, self.images).to(self.device) if isinstance(pad_value, Tensor) else pad_value
         self.steps_per_epoch = len(images) // batch_size
-        self.step = 0
         self._epoch = -1
         self._plan: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
@@ -534,26 +539,6 @@ class CifarBatches:
         if self.augment:
             x = crop_flip(x, dy[sl], dx[sl], flip[sl], pad=4, pad_value=self.pad_value)
         return x, self.labels[idx]
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Endless batches from the current step on; `self.step` counts the batches handed out."""
-        while True:
-            batch = self.batch_at(self.step)
-            self.step += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size, "num_images": len(self.labels)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        mine = self.state_dict()
-        for key in ("seed", "batch_size", "num_images"):
-            if state.get(key) != mine[key]:
-                raise CheckpointError(
-                    f"data loader state: {key} is {state.get(key)} in the checkpoint but {mine[key]} now; "
-                    "resuming would not reproduce the same batches"
-                )
-        self.step = int(state["step"])
 
 
 class EvalBatches:

@@ -25,7 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnets.data.transforms import to_uint8_chw
+from resnets.data.transforms import eval_transform, to_uint8_chw
 from resnets.errors import DataError
+from resnets.io import atomic_write_text
 
 __all__ = [
     "IMG_EXTENSIONS",
     "ImageFolder",
+    "compute_mean_image",
+    "SkipEmpty",
     "imagenet_datasets",
     "imagenet_loader",
     "load_rgb",
@@ -199,12 +202,9 @@ def _load_cached_index(path: Path, root: str) -> tuple[list[str], list[list[str]
 
 
 def _write_cached_index(path: Path, root: str, classes: list[str], files: list[list[str]], dirs: dict[str, int]) -> None:
+    text = json.dumps({"version": _INDEX_VERSION, "root": root, "dirs": dirs, "classes": classes, "files": files})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": _INDEX_VERSION, "root": root, "dirs": dirs, "classes": classes, "files": files}, f)
-        os.replace(tmp, path)  # atomic: concurrent ranks never read half a file
+        atomic_write_text(path, text)  # concurrent ranks never read half a file
     except OSError as e:
         logger.warning("could not write image index cache %s (%s); the tree will be rescanned next time", path, e)
 
@@ -333,6 +333,17 @@ def skip_bad_collate(batch: list[tuple[Any, int]]) -> Any:
     return torch.utils.data.default_collate(good)
 
 
+class SkipEmpty:
+    """Re-iterable loader batches without the ``None`` that :func:`skip_bad_collate` makes of a
+    batch whose images were all unreadable."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return (b for b in self.loader if b is not None)
+
+
 def imagenet_datasets(
     root: str | os.PathLike,
     train_transform: Callable | None,
@@ -383,3 +394,47 @@ def imagenet_loader(
         prefetch_factor=4 if num_workers > 0 else None,
         generator=generator,
     )
+
+
+def compute_mean_image(
+    dataset: torch.utils.data.Dataset,
+    size: int = 224,
+    max_images: int | None = 10_000,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The per-pixel mean image [21] of center-cropped training images, (3, size, size) in [0, 1].
+
+    Images are viewed like the center eval crop (shorter side ``round(size * 256 / 224)``, center
+    `size` crop). With `max_images`, a random subset (fixed by `seed`) spread over all classes is
+    averaged -- the mean image is smooth, 10k images pin it down to ~1e-3. Datasets with a
+    ``with_transform`` method (our :class:`~resnets.data.imagenet.ImageFolder`) get that view
+    applied; other datasets must already yield (3, size, size) images.
+    """
+    if hasattr(dataset, "with_transform"):
+        dataset = dataset.with_transform(eval_transform(round(size * 256 / 224), size))
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError("compute_mean_image got an empty dataset")
+    if max_images is not None and max_images < n:
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[:max_images].tolist()
+        dataset = torch.utils.data.Subset(dataset, idx)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=skip_bad_collate
+    )
+    total = torch.zeros(3, size, size, dtype=torch.float64)
+    count = 0
+    for batch in loader:
+        if batch is None:
+            continue
+        images = batch[0]
+        if images.shape[1:] != (3, size, size):
+            raise ValueError(f"compute_mean_image expects (3, {size}, {size}) images, got {tuple(images.shape[1:])}")
+        total += images.to(torch.float64).sum(0)
+        count += images.shape[0]
+    if count == 0:
+        raise DataError("compute_mean_image: every image was unreadable")
+    return (total / (count * 255.0)).to(torch.float32)

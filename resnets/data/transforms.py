@@ -5,7 +5,7 @@ The paper's recipe (Sec. 3.4, following AlexNet [21] and VGG [41]):
 * scale augmentation: the shorter side is resized to a random value in [256, 480];
 * a random 224x224 crop of that image, or its horizontal flip;
 * per-pixel mean subtraction -- done later by the model's ``Normalize`` with a
-  mean image from :func:`compute_mean_image`;
+  mean image from :func:`resnets.data.imagenet.compute_mean_image`;
 * AlexNet's PCA colour ("lighting") augmentation -- done batched on the float
   batch by :func:`pca_lighting`, on the device, after the loader.
 
@@ -26,25 +26,19 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from resnets.errors import DataError
-
 __all__ = [
     "IMAGENET_PCA_EIGVAL",
     "IMAGENET_PCA_EIGVEC",
-    "CenterCrop",
-    "Compose",
     "PaperScaleCrop",
     "RandomResizedCrop",
     "ResizeShorter",
-    "ToUint8Tensor",
-    "compute_mean_image",
     "eval_transform",
     "pca_lighting",
     "resize_shorter_size",
@@ -85,31 +79,6 @@ def _flip(img: Image.Image) -> Image.Image:
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-class Compose:
-    """Apply transforms in order, handing the same `rng` to each."""
-
-    def __init__(self, transforms: Sequence[Callable]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, img, rng: random.Random | None = None):
-        for t in self.transforms:
-            img = t(img, rng)
-        return img
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
-
-
-class ToUint8Tensor:
-    """PIL RGB image -> uint8 (3, H, W) tensor."""
-
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
-        return to_uint8_chw(img)
-
-    def __repr__(self) -> str:
-        return "ToUint8Tensor()"
-
-
 class ResizeShorter:
     """Resize so the shorter side is `size` (bilinear, antialiased by Pillow)."""
 
@@ -128,24 +97,6 @@ class ResizeShorter:
 
     def __repr__(self) -> str:
         return f"ResizeShorter({self.size})"
-
-
-class CenterCrop:
-    """Center `size` x `size` crop (torchvision's rounding of the offsets)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> Image.Image:
-        w, h = img.size
-        if w < self.size or h < self.size:
-            raise ValueError(f"CenterCrop({self.size}) got a {w}x{h} image")
-        left = int(round((w - self.size) / 2.0))
-        top = int(round((h - self.size) / 2.0))
-        return img.crop((left, top, left + self.size, top + self.size))
-
-    def __repr__(self) -> str:
-        return f"CenterCrop({self.size})"
 
 
 class ResizeCenterCrop:
@@ -315,49 +266,3 @@ def pca_lighting(
     vec = torch.tensor(eigvec, device=dev, dtype=torch.float32)
     rgb = (alpha * val) @ vec.T  # (B, 3): rgb_i = sum_j vec[i, j] * alpha_j * val_j
     return batch_float01 + rgb.to(dt)[:, :, None, None]
-
-
-def compute_mean_image(
-    dataset: torch.utils.data.Dataset,
-    size: int = 224,
-    max_images: int | None = 10_000,
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    seed: int = 0,
-) -> torch.Tensor:
-    """The per-pixel mean image [21] of center-cropped training images, (3, size, size) in [0, 1].
-
-    Images are viewed like the center eval crop (shorter side ``round(size * 256 / 224)``, center
-    `size` crop). With `max_images`, a random subset (fixed by `seed`) spread over all classes is
-    averaged -- the mean image is smooth, 10k images pin it down to ~1e-3. Datasets with a
-    ``with_transform`` method (our :class:`~resnets.data.imagenet.ImageFolder`) get that view
-    applied; other datasets must already yield (3, size, size) images.
-    """
-    from resnets.data.imagenet import skip_bad_collate  # local import: imagenet imports this module
-
-    if hasattr(dataset, "with_transform"):
-        dataset = dataset.with_transform(eval_transform(round(size * 256 / 224), size))
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise DataError("compute_mean_image got an empty dataset")
-    if max_images is not None and max_images < n:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=g)[:max_images].tolist()
-        dataset = torch.utils.data.Subset(dataset, idx)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=skip_bad_collate
-    )
-    total = torch.zeros(3, size, size, dtype=torch.float64)
-    count = 0
-    for batch in loader:
-        if batch is None:
-            continue
-        images = batch[0]
-        if images.shape[1:] != (3, size, size):
-            raise ValueError(f"compute_mean_image expects (3, {size}, {size}) images, got {tuple(images.shape[1:])}")
-        total += images.to(torch.float64).sum(0)
-        count += images.shape[0]
-    if count == 0:
-        raise DataError("compute_mean_image: every image was unreadable")
-    return (total / (count * 255.0)).to(torch.float32)

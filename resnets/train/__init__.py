@@ -1,5 +1,5 @@
 """Training: the paper's recipes in one engine (`train`)."""
 
-from .engine import evaluate, train
+from .engine import train
 
-__all__ = ["evaluate", "train"]
+__all__ = ["train"]

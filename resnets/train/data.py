@@ -1,108 +1,125 @@
-"""The data side of a run: what the engine trains and validates on.
+"""The data side of a run: what the engine trains and validates on, and CIFAR-10's share of it.
 
 The engine sees two things: a training stream whose batch for step s depends only on
 (seed, s) - so a resumed run sees exactly the batches an uninterrupted one would - and a
-validation set sharded over processes without duplicates.
+validation set sharded over processes without duplicates. Each data set's builder takes
+the data settings, this process's `BatchShard`, the seed and the runtime; nothing else
+of the run's config. (ImageNet's builder is `resnets.train.imagenet_data.build_imagenet`.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
-import torch
 from torch import Tensor
 
-from ..config import TrainConfig
+from ..config import DataConfig
 from ..errors import ConfigError
-from .runtime import Runtime
+from ..runtime import Runtime
 
 
 class TrainStream(Protocol):
     steps_per_epoch: int
 
     def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """This process's (uint8 images, labels) for steps start_step, start_step + 1, ..., on the device."""
+        """This process's (images, labels) for steps start_step, start_step + 1, ..., on the device."""
         ...
 
 
 @dataclass
 class RunData:
     train: TrainStream
-    val: Iterator[tuple[Tensor, Tensor]] | object  # re-iterable batches of this process's share
+    val: Iterable[tuple[Tensor, Tensor]] | None
+    """Re-iterable batches of this process's share of the validation images (None: no validation)."""
     num_classes: int
     classes: list[str]
-    mean_image: Tensor  # (3, H, W) in [0, 1]: the per-pixel mean of the training images
+    mean_image: Callable[[], Tensor]
+    """The per-pixel mean (3, H, W) in [0, 1] of the training images (Sec. 3.4, 4.2); computed on the
+    first call where that is costly (ImageNet), and the same on every process."""
     description: str
+
+
+@dataclass(frozen=True)
+class BatchShard:
+    """This process's share of every global batch: the `rank`-th of `world_size` contiguous slices.
+
+    The global batch of a step is the same for any number of processes; each process trains on
+    its slice (the paper's BN statistics are per GPU as well, Sec. 3.4).
+    """
+
+    global_batch: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.world_size:
+            raise ConfigError(f"optim.batch_size: the global batch {self.global_batch} must divide evenly "
+                              f"over {self.world_size} processes")
+
+    @classmethod
+    def of(cls, global_batch: int, runtime: Runtime) -> "BatchShard":
+        return cls(global_batch, runtime.rank, runtime.world_size)
+
+    @property
+    def size(self) -> int:
+        """Images per process and step."""
+        return self.global_batch // self.world_size
+
+    @property
+    def part(self) -> slice:
+        """This process's positions within the global batch."""
+        return slice(self.rank * self.size, (self.rank + 1) * self.size)
 
 
 class CifarStream:
     """The global batch of step s from `CifarBatches`; under DDP each process takes its slice."""
 
-    def __init__(self, batches, runtime: Runtime) -> None:
+    def __init__(self, batches, shard: BatchShard) -> None:
         self.source = batches
+        self.shard = shard
         self.steps_per_epoch = batches.steps_per_epoch
-        self.rank, self.world = runtime.rank, runtime.world_size
 
     def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
         step = start_step
         while True:
             x, y = self.source.batch_at(step)
-            if self.world > 1:
-                per_rank = len(y) // self.world
-                part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-                x, y = x[part], y[part]
+            if self.shard.world_size > 1:
+                x, y = x[self.shard.part], y[self.shard.part]
             yield x, y
             step += 1
 
 
-def per_process_batch(config: TrainConfig, runtime: Runtime) -> int:
-    if config.optim.batch_size % runtime.world_size:
-        raise ConfigError(f"optim.batch_size: the global batch {config.optim.batch_size} must divide evenly "
-                          f"over {runtime.world_size} processes")
-    return config.optim.batch_size // runtime.world_size
-
-
-def cifar_data_path(config: TrainConfig) -> str:
-    if config.data.path:
-        return config.data.path
-    if config.data.download:
-        from ..data.download import download_cifar10
+def cifar_data_path(data: DataConfig) -> str:
+    if data.path:
+        return data.path
+    if data.download:
         from ..data.cifar import default_cache_dir
+        from ..data.download import download_cifar10
 
-        return str(download_cifar10(config.data.cache_dir or default_cache_dir()))
+        return str(download_cifar10(data.cache_dir or default_cache_dir()))
     raise ConfigError("data.path: no CIFAR-10 location given; pass --data PATH or --download")
 
 
-def build_cifar(config: TrainConfig, runtime: Runtime) -> RunData:
+def build_cifar(data: DataConfig, shard: BatchShard, seed: int, runtime: Runtime) -> RunData:
+    """CIFAR-10 decoded once and held on the device: the training split (Sec. 4.2's 45k/5k) as
+    seeded, augmented batches, and this process's strided share of the validation images."""
     from ..data.cifar import CifarBatches, EvalBatches, load_cifar10, per_pixel_mean, stratified_subset
 
-    path = cifar_data_path(config)
-    d = config.data
-    train_split = "trainval" if d.val_size == 0 else "train"
-    train = load_cifar10(path, train_split, d.val_size, d.split_seed, d.cache_dir)
-    if d.train_size is not None:
-        train = stratified_subset(train, d.train_size, d.split_seed)
+    path = cifar_data_path(data)
+    train_split = "trainval" if data.val_size == 0 else "train"
+    train = load_cifar10(path, train_split, data.val_size, data.split_seed, data.cache_dir)
+    if data.train_size is not None:
+        train = stratified_subset(train, data.train_size, data.split_seed)
     mean = per_pixel_mean(train.images)
-    batches = CifarBatches(train.images, train.labels, config.optim.batch_size, config.seed, runtime.device,
-                           augment=d.augment != "none", pad_value=mean)
-    per_process_batch(config, runtime)
-    if d.val_size > 0:
-        val = load_cifar10(path, "val", d.val_size, d.split_seed, d.cache_dir)
+    batches = CifarBatches(train.images, train.labels, shard.global_batch, seed, runtime.device,
+                           augment=data.augment != "none", pad_value=mean)
+    if data.val_size > 0:
+        val = load_cifar10(path, "val", data.val_size, data.split_seed, data.cache_dir)
         # Strided shards: every validation image is scored exactly once across processes.
-        share = slice(runtime.rank, None, runtime.world_size)
+        share = slice(shard.rank, None, shard.world_size)
         val_batches = EvalBatches(val.images[share], val.labels[share], 500, runtime.device)
     else:
         val_batches = None
-    return RunData(CifarStream(batches, runtime), val_batches, len(train.classes), train.classes, mean,
+    return RunData(CifarStream(batches, shard), val_batches, len(train.classes), train.classes, lambda: mean,
                    train.source)
-
-
-def build_run_data(config: TrainConfig, runtime: Runtime) -> RunData:
-    if config.data.dataset == "cifar10":
-        return build_cifar(config, runtime)
-    if config.data.dataset == "imagenet":
-        from .imagenet_data import build_imagenet
-
-        return build_imagenet(config, runtime)
-    raise ConfigError(f"data.dataset: expected cifar10 or imagenet, got {config.data.dataset!r}")

@@ -24,45 +24,29 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import check_resume_compatible, checkpoint_dir, load_resume_checkpoint, save_checkpoint
 from ..config import TrainConfig, save_yaml, to_dict
 from ..errors import ConfigError, TrainingDiverged
-from ..eval.metrics import TopKAccumulator
-from ..models import Normalize, create_model, model_spec, save_weights
-from .checkpoint import check_resume_compatible, checkpoint_dir, load_resume_checkpoint, save_checkpoint
-from .data import RunData, build_run_data
+from ..eval.evaluate import evaluate
+from ..models import load_state_dict, model_spec, save_weights
+from ..models.loading import build_model, weights_config
+from ..models.normalize import normalization_state
+from ..runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
+from .data import BatchShard, RunData, build_cifar
+from .imagenet_data import MEAN_FILE, build_imagenet
 from .metrics_log import MetricsLog
-from .runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
 from .schedule import LrSchedule
 from .stats import RunningStats
 
 WARMUP_CHECK_EVERY = 10  # iterations between warm-up checks (Sec. 4.2: warm-up lasts ~400)
 
 
-def make_normalize(kind: str, mean_image: Tensor) -> Normalize | None:
-    if kind == "per_pixel_mean":
-        return Normalize(mean_image)
-    if kind == "channel_mean_std":
-        return Normalize.channel()
-    return None
-
-
-def build_model(config: TrainConfig, num_classes: int, mean_image: Tensor) -> nn.Module:
-    m = config.model
-    try:
-        model = create_model(m.name, num_classes=m.num_classes or num_classes, shortcut=m.shortcut,
-                             stride_in_1x1=m.stride_in_1x1, zero_init_residual=m.zero_init_residual)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
-    model.input_norm = make_normalize(m.normalization, mean_image)
-    return model
-
-
-def model_config_dict(config: TrainConfig, num_classes: int, classes: list[str]) -> dict[str, Any]:
-    """What a weights file needs to rebuild the network (stored in its metadata)."""
-    spec = model_spec(config.model.name)
-    return {"name": config.model.name, "num_classes": config.model.num_classes or num_classes,
-            "shortcut": config.model.shortcut or spec.default_shortcut, "stride_in_1x1": config.model.stride_in_1x1,
-            "normalization": config.model.normalization, "classes": classes}
+def build_run_data(config: TrainConfig, rt: Runtime) -> RunData:
+    """The run's data; each builder gets the data settings, this process's share of the batch and the seed."""
+    shard = BatchShard.of(config.optim.batch_size, rt)
+    if config.data.dataset == "imagenet":
+        return build_imagenet(config.data, shard, config.seed, rt, mean_cache=Path(config.out) / MEAN_FILE)
+    return build_cifar(config.data, shard, config.seed, rt)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -82,29 +66,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
     return loss.detach(), logits.detach()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, runtime: Runtime) -> dict[str, float]:
-    """Top-1/top-5 error (%) and mean loss over this process's batches, summed over processes."""
-    was_training = model.training
-    model.eval()
-    acc = TopKAccumulator((1, 5), device=runtime.device)
-    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
-    for x, y in batches:
-        x = x.to(runtime.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        acc.update(logits, y)
-    if runtime.distributed:
-        dist.all_reduce(loss_sum)
-    acc.all_reduce()
-    model.train(was_training)
-    result = acc.compute()
-    result["loss"] = float(loss_sum) / max(result["n"], 1)
-    return result
-
-
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the training run `config` describes; returns the final summary."""
     runtime = setup_runtime(config.device, config.precision)
@@ -119,7 +80,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
     checkpoint = None
     if resume:
         checkpoint = load_resume_checkpoint(run_dir)
-        check_resume_compatible(checkpoint["config"], to_dict(config))
+        check_resume_compatible(checkpoint["config"], config)
     elif (checkpoint_dir(run_dir) / "last.pt").exists():
         raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
     try:  # fail on a bad model name before spending time decoding data
@@ -131,17 +92,17 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
 
     seed_everything(config.seed)
     data: RunData = build_run_data(config, rt)
-    model = build_model(config, data.num_classes, data.mean_image)
+    model = build_model(config.model, data.num_classes, data.mean_image)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(rt.device, memory_format=memory_format)
     # Weight decay on every parameter, BN's included, as in the paper's Caffe solver.
     optimizer = torch.optim.SGD(model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
                                 weight_decay=config.optim.weight_decay)
-    schedule = LrSchedule.for_model(config.optim, model_spec(config.model.name).depth)
+    schedule = LrSchedule.for_model(config.optim, model_spec(config.model.name).depth, config.data.dataset)
     step = 0
     stats = RunningStats.zeros(rt.device)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        load_state_dict(model, checkpoint["model"])  # the network; its normalisation came from the data
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         step = int(checkpoint["iteration"])
@@ -172,10 +133,10 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
     def save(iteration: int) -> None:
         if rt.is_main:
             save_checkpoint(run_dir, {
-                "iteration": iteration, "config": to_dict(config), "model": model.state_dict(),
+                "iteration": iteration, "config": to_dict(config),
+                "model": {**model.state_dict(), **normalization_state(model.input_norm)},
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 **stats.state_dict(), "rng": rng_state(),
-                "normalize": {"mean": data.mean_image.cpu()},
             })
         if rt.distributed:
             dist.barrier()
@@ -259,7 +220,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                "params": sum(p.numel() for p in model.parameters()), "device": str(rt.device),
                "precision": rt.precision, "processes": rt.world_size, **bad_images()}
     if rt.is_main:
-        save_weights(run_dir / "model.safetensors", model, model_config_dict(config, data.num_classes, data.classes),
+        save_weights(run_dir / "model.safetensors", model, weights_config(config.model, data.num_classes, data.classes),
                      metadata={**{k: v for k, v in summary.items() if k != "event"}, "config": to_dict(config)})
         log.write(summary)
     log.close()

@@ -23,6 +23,7 @@ needs floats; the model's `Normalize` accepts them) and uint8 batches otherwise.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -32,12 +33,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..config import TrainConfig
-from ..data.imagenet import ImageFolder, imagenet_datasets, imagenet_loader
-from ..data.transforms import compute_mean_image, eval_transform, pca_lighting, train_transform
+from ..config import DataConfig
+from ..data.imagenet import ImageFolder, SkipEmpty, compute_mean_image, imagenet_datasets, imagenet_loader
+from ..data.transforms import eval_transform, pca_lighting, train_transform
 from ..errors import ConfigError
-from .data import RunData, per_process_batch
-from .runtime import Runtime
+from ..io import atomic_write
+from ..runtime import Runtime
+from .data import BatchShard, RunData
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +97,13 @@ class ResumableShardSampler(torch.utils.data.Sampler):
     step (epoch = step // steps_per_epoch) and it can start in the middle of an epoch.
     """
 
-    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int,
-                 start_step: int = 0) -> None:
-        if global_batch > num_samples:
-            raise ConfigError(f"optim.batch_size: the global batch {global_batch} is larger than the "
+    def __init__(self, num_samples: int, shard: BatchShard, seed: int, start_step: int = 0) -> None:
+        if shard.global_batch > num_samples:
+            raise ConfigError(f"optim.batch_size: the global batch {shard.global_batch} is larger than the "
                               f"{num_samples} training images")
-        self.num_samples, self.global_batch = num_samples, global_batch
-        self.per_rank = global_batch // world_size
-        self.rank, self.seed, self.start_step = rank, seed, start_step
-        self.steps_per_epoch = num_samples // global_batch
+        self.num_samples, self.shard = num_samples, shard
+        self.seed, self.start_step = seed, start_step
+        self.steps_per_epoch = num_samples // shard.global_batch
 
     def epoch_order(self, epoch: int) -> Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -112,8 +112,12 @@ class ResumableShardSampler(torch.utils.data.Sampler):
     def indices_at(self, step: int) -> list[int]:
         """This process's sample indices for global step `step`."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        start = i * self.global_batch + self.rank * self.per_rank
-        return self.epoch_order(epoch)[start:start + self.per_rank].tolist()
+        return self.epoch_order(epoch)[self._positions(i)].tolist()
+
+    def _positions(self, i: int) -> slice:
+        """This process's positions in an epoch's order at step i of the epoch."""
+        start = i * self.shard.global_batch
+        return slice(start + self.shard.part.start, start + self.shard.part.stop)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         step = self.start_step
@@ -122,8 +126,7 @@ class ResumableShardSampler(torch.utils.data.Sampler):
             e, i = divmod(step, self.steps_per_epoch)
             if e != epoch:
                 epoch, order = e, self.epoch_order(e)
-            start = i * self.global_batch + self.rank * self.per_rank
-            for index in order[start:start + self.per_rank].tolist():
+            for index in order[self._positions(i)].tolist():
                 yield epoch, index
             step += 1
 
@@ -131,13 +134,11 @@ class ResumableShardSampler(torch.utils.data.Sampler):
 class ImagenetStream:
     """The engine's `TrainStream` for ImageNet class folders."""
 
-    def __init__(self, samples: SeededSamples, config: TrainConfig, runtime: Runtime, pca: bool) -> None:
-        self.samples = samples
-        self.config, self.runtime, self.pca = config, runtime, pca
-        self.per_rank = per_process_batch(config, runtime)
-        self._probe = ResumableShardSampler(len(samples), config.optim.batch_size, runtime.rank,
-                                            runtime.world_size, config.seed)
-        self.steps_per_epoch = self._probe.steps_per_epoch
+    def __init__(self, samples: SeededSamples, shard: BatchShard, seed: int, device: torch.device, workers: int,
+                 pca: bool) -> None:
+        self.samples, self.shard, self.seed = samples, shard, seed
+        self.device, self.workers, self.pca = device, workers, pca
+        self.steps_per_epoch = ResumableShardSampler(len(samples), shard, seed).steps_per_epoch
 
     @property
     def num_bad_images(self) -> int:
@@ -145,56 +146,41 @@ class ImagenetStream:
         return self.samples.dataset.num_bad_images
 
     def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
-        rt, seed = self.runtime, self.config.seed
-        sampler = ResumableShardSampler(len(self.samples), self.config.optim.batch_size, rt.rank,
-                                        rt.world_size, seed, start_step)
-        loader = imagenet_loader(self.samples, self.per_rank, sampler=sampler, num_workers=self.config.data.workers)
+        sampler = ResumableShardSampler(len(self.samples), self.shard, self.seed, start_step)
+        loader = imagenet_loader(self.samples, self.shard.size, sampler=sampler, num_workers=self.workers)
         step = start_step
         for batch in loader:
             if batch is None:  # every image of this share was unreadable (--skip-bad-images)
                 step += 1
                 continue
             x, y = batch
-            x = x.to(rt.device, non_blocking=True)
-            y = y.to(rt.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
             if self.pca:
-                g = torch.Generator(rt.device).manual_seed((seed * 1_000_003 + step) * 4099 + rt.rank)
+                g = torch.Generator(self.device).manual_seed((self.seed * 1_000_003 + step) * 4099 + self.shard.rank)
                 x = pca_lighting(x.float().div_(255), generator=g)
             yield x, y
             step += 1
 
 
-class SkipEmpty:
-    """Re-iterable validation batches without the `None` of all-unreadable batches."""
-
-    def __init__(self, loader: torch.utils.data.DataLoader) -> None:
-        self.loader = loader
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return (b for b in self.loader if b is not None)
-
-
-def load_or_compute_mean_image(train: ImageFolder, config: TrainConfig, runtime: Runtime, crop: int,
-                               max_images: int) -> Tensor:
-    """The per-pixel mean (3, crop, crop), computed once by rank 0 and cached in the run directory.
+def load_or_compute_mean_image(train: ImageFolder, cache: Path | None, runtime: Runtime, crop: int,
+                               max_images: int, workers: int, seed: int) -> Tensor:
+    """The per-pixel mean (3, crop, crop), computed once by rank 0 and cached in the file `cache`.
 
     Other processes receive it by broadcast (no shared file system needed across nodes).
     """
-    path = Path(config.out) / MEAN_FILE
     # The cache records what it was computed from; a different data set or size recomputes it.
     source = {"train_root": train.root, "num_images": len(train), "crop": crop, "max_images": max_images,
-              "seed": config.seed}
+              "seed": seed}
     mean = torch.zeros(3, crop, crop)
     if runtime.is_main:
-        cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        cached = torch.load(cache, map_location="cpu", weights_only=True) if cache and cache.is_file() else None
         if isinstance(cached, dict) and cached.get("source") == source:
             mean = cached["mean"]
         else:
-            mean = compute_mean_image(train, crop, max_images, num_workers=config.data.workers, seed=config.seed)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            from ..models.weights import atomic_write
-
-            atomic_write(path, lambda tmp: torch.save({"mean": mean, "source": source}, tmp))
+            mean = compute_mean_image(train, crop, max_images, num_workers=workers, seed=seed)
+            if cache is not None:
+                atomic_write(cache, lambda tmp: torch.save({"mean": mean, "source": source}, tmp))
     if runtime.distributed:
         buf = mean.to(runtime.device)
         dist.broadcast(buf, src=0)
@@ -202,34 +188,33 @@ def load_or_compute_mean_image(train: ImageFolder, config: TrainConfig, runtime:
     return mean
 
 
-def build_imagenet(config: TrainConfig, runtime: Runtime, *, crop: int = CROP,
-                   scale_range: tuple[int, int] = SCALE_RANGE, mean_max_images: int = MEAN_IMAGES) -> RunData:
+def build_imagenet(data: DataConfig, shard: BatchShard, seed: int, runtime: Runtime, *, mean_cache: Path | None = None,
+                   crop: int = CROP, scale_range: tuple[int, int] = SCALE_RANGE,
+                   mean_max_images: int = MEAN_IMAGES) -> RunData:
     """Training stream and validation batches for ROOT/train and ROOT/val class folders.
 
-    `crop` and `scale_range` are the paper's (224, [256, 480]); tests use smaller ones.
+    The per-pixel mean is computed only when asked for (`RunData.mean_image`) and cached in
+    the file `mean_cache` (the run directory's MEAN_FILE). `crop` and `scale_range` are the
+    paper's (224, [256, 480]); tests use smaller ones.
     """
-    d = config.data
-    if not d.path:
+    if not data.path:
         raise ConfigError("data.path: no ImageNet location given; pass --data ROOT (ROOT/train/<class>/*, ROOT/val/<class>/*)")
-    if d.augment == "paper":
+    if data.augment == "paper":
         augment = train_transform("paper", crop=crop, scale_range=scale_range)
-    elif d.augment == "randomresizedcrop":
+    elif data.augment == "randomresizedcrop":
         augment = train_transform("randomresizedcrop", crop=crop)
     else:  # "none": the validation view
         augment = eval_transform(round(crop * VAL_RESIZE / CROP), crop)
     val_view = eval_transform(round(crop * VAL_RESIZE / CROP), crop)
-    train, val = imagenet_datasets(d.path, None, val_view, skip_bad_images=d.skip_bad_images, cache_dir=d.cache_dir)
-    per_rank = per_process_batch(config, runtime)
-
-    if config.model.normalization == "per_pixel_mean":
-        mean = load_or_compute_mean_image(train, config, runtime, crop, mean_max_images)
-    else:
-        mean = torch.zeros(3, 1, 1)  # unused: the model normalises per channel or not at all
-
-    stream = ImagenetStream(SeededSamples(train, augment, config.seed), config, runtime, pca=d.augment == "paper")
+    train, val = imagenet_datasets(data.path, None, val_view, skip_bad_images=data.skip_bad_images,
+                                   cache_dir=data.cache_dir)
+    mean_image = functools.cache(lambda: load_or_compute_mean_image(train, mean_cache, runtime, crop, mean_max_images,
+                                                                    data.workers, seed))
+    stream = ImagenetStream(SeededSamples(train, augment, seed), shard, seed, runtime.device, data.workers,
+                            pca=data.augment == "paper")
     # Strided shards: every validation image is scored exactly once across processes (no padding).
-    shard = list(range(runtime.rank, len(val), runtime.world_size))
-    val_loader = imagenet_loader(val, per_rank, sampler=shard, num_workers=d.workers)
-    description = (f"ImageNet folders {d.path} ({len(train)} train / {len(val)} val images, "
-                   f"{len(train.classes)} classes, augment {d.augment})")
-    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean, description)
+    val_share = list(range(shard.rank, len(val), shard.world_size))
+    val_loader = imagenet_loader(val, shard.size, sampler=val_share, num_workers=data.workers)
+    description = (f"ImageNet folders {data.path} ({len(train)} train / {len(val)} val images, "
+                   f"{len(train.classes)} classes, augment {data.augment})")
+    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean_image, description)

@@ -4,7 +4,11 @@
 - plateau (ImageNet, Sec. 3.4): "divided by 10 when the error plateaus".
 - warm-up (ResNet-110, Sec. 4.2): "0.01 to warm up the training until the training error
   is below 80% (about 400 iterations), and then go back to 0.1". The milestones keep
-  counting from iteration 0, as in the paper.
+  counting from iteration 0, as in the paper. The paper does this for its 110-layer CIFAR-10
+  network only, so "auto" turns it on for CIFAR-10 networks of 110 layers or more and never
+  for ImageNet (ResNet-152 under imagenet-paper trains at 0.1 from the start, Sec. 3.4).
+
+`step_lr` is the step decay itself, shared with the detector's schedule.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from typing import Sequence
+
 from ..config import OptimConfig
+
+WARMUP_MIN_DEPTH = 110  # Sec. 4.2: the 110-layer network
+
+
+def step_lr(lr: float, gamma: float, milestones: Sequence[int], step: int) -> float:
+    """`lr` multiplied by `gamma` once for every milestone at or before `step` (milestones ascending)."""
+    return lr * gamma ** bisect.bisect_right(milestones, step)
 
 
 @dataclass
@@ -24,16 +37,16 @@ class LrSchedule:
     evals_since_best: int = 0
 
     @classmethod
-    def for_model(cls, config: OptimConfig, depth: int) -> "LrSchedule":
-        on = config.warmup == "on" or (config.warmup == "auto" and depth >= 110)
-        return cls(config, warmup_active=on)
+    def for_model(cls, config: OptimConfig, depth: int, dataset: str) -> "LrSchedule":
+        auto = dataset == "cifar10" and depth >= WARMUP_MIN_DEPTH
+        return cls(config, warmup_active=config.warmup == "on" or (config.warmup == "auto" and auto))
 
     def lr_at(self, step: int) -> float:
         c = self.config
         if self.warmup_active:
             return c.warmup_lr
         if c.schedule == "step":
-            return c.lr * c.gamma ** bisect.bisect_right(c.milestones, step)
+            return step_lr(c.lr, c.gamma, c.milestones, step)
         return max(c.lr * c.gamma ** self.plateau_drops, c.min_lr)
 
     def observe_train_error(self, step: int, error: float) -> bool:

@@ -10,14 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from resnets.data.imagenet import ImageFolder
+from resnets.data.imagenet import ImageFolder, compute_mean_image
 from resnets.data.transforms import (
     IMAGENET_PCA_EIGVAL,
     IMAGENET_PCA_EIGVEC,
     PaperScaleCrop,
     RandomResizedCrop,
     ResizeShorter,
-    compute_mean_image,
     eval_transform,
     pca_lighting,
     resize_shorter_size,

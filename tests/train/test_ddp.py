@@ -126,16 +126,20 @@ def test_two_processes_agree_with_each_other_and_with_one_process(tmp_path, cifa
 IMAGENET_DRIVER = '''
 import json, sys
 import torch
+from pathlib import Path
 from resnets.config import resolve_config
-from resnets.train.imagenet_data import build_imagenet
-from resnets.train.runtime import setup_runtime, shutdown_runtime
+from resnets.runtime import setup_runtime, shutdown_runtime
+from resnets.train.data import BatchShard
+from resnets.train.imagenet_data import MEAN_FILE, build_imagenet
 
 overrides, record_dir = json.loads(sys.argv[1]), sys.argv[2]
 rt = setup_runtime("cpu", "fp32")
-data = build_imagenet(resolve_config(None, overrides), rt, crop=32, scale_range=(36, 48), mean_max_images=100)
+config = resolve_config(None, overrides)
+data = build_imagenet(config.data, BatchShard.of(config.optim.batch_size, rt), config.seed, rt,
+                      mean_cache=Path(config.out) / MEAN_FILE, crop=32, scale_range=(36, 48), mean_max_images=100)
 x, y = next(data.train.batches(3))
 val = [(vx, vy) for vx, vy in data.val]
-torch.save({"mean": data.mean_image, "x": x, "y": y, "val_sampler": list(data.val.loader.sampler),
+torch.save({"mean": data.mean_image(), "x": x, "y": y, "val_sampler": list(data.val.loader.sampler),
             "val_labels": torch.cat([vy for _, vy in val])}, f"{record_dir}/rank{rt.rank}.pt")
 shutdown_runtime(rt)
 '''
@@ -143,8 +147,9 @@ shutdown_runtime(rt)
 
 def test_imagenet_data_under_two_processes(tmp_path):
     """Mean image broadcast from rank 0, shares of the global batch, val shards without duplicates."""
-    from resnets.train.imagenet_data import build_imagenet
-    from resnets.train.runtime import Runtime
+    from resnets.runtime import Runtime
+    from resnets.train.data import BatchShard
+    from resnets.train.imagenet_data import MEAN_FILE, build_imagenet
 
     root = tmp_path / "tree"
     rng = np.random.default_rng(0)
@@ -169,12 +174,14 @@ def test_imagenet_data_under_two_processes(tmp_path):
     cached = torch.load(tmp_path / "run" / "mean_image.pt", weights_only=True)["mean"]
     assert torch.equal(ranks[0]["mean"], cached) and torch.equal(ranks[1]["mean"], cached)
     # The two shares of step 3 make the one-process batch of step 3.
-    one = build_imagenet(resolve_config(None, dict(values, out=str(tmp_path / "one"))),
-                         Runtime(torch.device("cpu"), "fp32"), crop=32, scale_range=(36, 48), mean_max_images=100)
+    one_config = resolve_config(None, dict(values, out=str(tmp_path / "one")))
+    cpu = Runtime(torch.device("cpu"), "fp32")
+    one = build_imagenet(one_config.data, BatchShard.of(one_config.optim.batch_size, cpu), one_config.seed, cpu,
+                         mean_cache=tmp_path / "one" / MEAN_FILE, crop=32, scale_range=(36, 48), mean_max_images=100)
     x, y = next(one.train.batches(3))
     assert torch.equal(torch.cat([ranks[0]["x"], ranks[1]["x"]]), x)
     assert torch.equal(torch.cat([ranks[0]["y"], ranks[1]["y"]]), y)
-    assert torch.equal(one.mean_image, cached)
+    assert torch.equal(one.mean_image(), cached)
     # Validation: 9 images, each scored by exactly one process.
     shards = [r["val_sampler"] for r in ranks]
     assert sorted(shards[0] + shards[1]) == list(range(9)) and len(ranks[0]["val_labels"]) + len(ranks[1]["val_labels"]) == 9

@@ -17,7 +17,7 @@ from resnets.cli import main
 from resnets.config import resolve_config
 from resnets.errors import CheckpointError, ConfigError, TrainingDiverged
 from resnets.train import engine
-from resnets.train.checkpoint import load_checkpoint
+from resnets.checkpoint import load_checkpoint
 from resnets.train.metrics_log import read_metrics
 from resnets.train.schedule import LrSchedule
 
@@ -205,15 +205,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_pa
 
 def test_train_size_trains_on_a_stratified_subset(tiny_cifar):
     from resnets.data.cifar import per_pixel_mean
-    from resnets.train.data import build_run_data
-    from resnets.train.runtime import Runtime
+    from resnets.runtime import Runtime
+    from resnets.train.engine import build_run_data
 
     config = tiny_config(tiny_cifar, Path("unused"), **{"data.train_size": 30})
     data = build_run_data(config, Runtime(torch.device("cpu"), "fp32"))
     images, labels = data.train.source.images, data.train.source.labels
     assert len(images) == 30 and torch.bincount(labels, minlength=10).tolist() == [3] * 10
     # the per-pixel mean is the mean of the images trained on (Sec. 4.2), not of the whole split
-    assert torch.allclose(data.mean_image, per_pixel_mean(images))
+    assert torch.allclose(data.mean_image(), per_pixel_mean(images))
     assert "train_size=30" in data.description
     assert len(data.val.images) == 50  # validation unchanged
     with pytest.raises(ConfigError, match="data.train_size"):
@@ -231,10 +231,14 @@ def test_warmup_holds_lr_until_training_error_drops(tiny_cifar, tmp_path):
     assert [r["iteration"] for r in rows if r["event"] == "warmup_end"] == [10]
 
 
-def test_schedule_warmup_auto_for_depth_110_and_milestones():
+def test_schedule_warmup_auto_for_cifar_depth_110_and_milestones():
     config = resolve_config().optim
-    s110, s56 = LrSchedule.for_model(config, 110), LrSchedule.for_model(config, 56)
+    s110, s56 = LrSchedule.for_model(config, 110, "cifar10"), LrSchedule.for_model(config, 56, "cifar10")
     assert s110.warmup_active and not s56.warmup_active
+    # Sec. 4.2's warm-up is for the 110-layer CIFAR network: ImageNet ResNet-152 (Sec. 3.4) starts at 0.1.
+    imagenet = resolve_config(overrides={"data.dataset": "imagenet", "model.name": "resnet152"})
+    assert not LrSchedule.for_model(imagenet.optim, 152, "imagenet").warmup_active
+    assert LrSchedule.for_model(resolve_config(overrides={"optim.warmup": "on"}).optim, 152, "imagenet").warmup_active
     assert s110.lr_at(0) == 0.01
     assert not s110.observe_train_error(100, 85.0) and s110.observe_train_error(400, 79.0)
     assert [s110.lr_at(i) for i in (401, 31999, 32000, 47999, 48000)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
@@ -242,7 +246,75 @@ def test_schedule_warmup_auto_for_depth_110_and_milestones():
 
 def test_plateau_schedule_divides_after_patience():
     config = resolve_config(overrides={"optim.schedule": "plateau", "optim.plateau_patience": 2}).optim
-    s = LrSchedule.for_model(config, 50)
+    s = LrSchedule.for_model(config, 50, "imagenet")
     drops = [s.observe_val_error(e) for e in (50, 40, 41, 40.5, 39, 39.5, 39.2)]
     assert drops == [False, False, False, True, False, False, True]
     assert s.lr_at(0) == pytest.approx(0.001)
+
+
+# TrainConfig's fields as of commit a0f3558: what the config.yaml and checkpoints of runs started
+# then hold (a long cifar_resnet20 run among them). Fields added since must default sensibly.
+A0F3558_FIELDS = {
+    "model": ["name", "num_classes", "shortcut", "stride_in_1x1", "zero_init_residual", "normalization"],
+    "data": ["dataset", "path", "download", "cache_dir", "val_size", "split_seed", "train_size", "augment", "workers",
+             "skip_bad_images"],
+    "optim": ["lr", "momentum", "weight_decay", "batch_size", "iters", "schedule", "milestones", "gamma",
+              "plateau_patience", "min_lr", "warmup", "warmup_lr", "warmup_until_error", "warmup_max_iters"],
+    None: ["preset", "out", "seed", "device", "precision", "channels_last", "compile", "eval_every", "log_every",
+           "checkpoint_every", "sync_bn", "tensorboard"],
+}
+
+
+def a0f3558_config(config: dict) -> dict:
+    old = {key: config[key] for key in A0F3558_FIELDS[None]}
+    for section in ("model", "data", "optim"):
+        old[section] = {key: config[section][key] for key in A0F3558_FIELDS[section]}
+    return old
+
+
+def a0f3558_checkpoint(state: dict) -> dict:
+    """The checkpoint the engine of commit a0f3558 wrote at the same point of the same run: the network's
+    state dict under "model" and the per-pixel mean under "normalize" (its kind in the config)."""
+    return {
+        "iteration": state["iteration"], "config": a0f3558_config(state["config"]),
+        "model": {k: v for k, v in state["model"].items() if not k.startswith("input_norm.")},
+        "optimizer": state["optimizer"], "schedule": state["schedule"], "window": state["window"],
+        "first_bad": state["first_bad"], "warmup_window": state["warmup_window"], "rng": state["rng"],
+        "normalize": {"mean": state["model"]["input_norm.mean"]},
+    }
+
+
+def test_a_run_checkpointed_by_commit_a0f3558_resumes_exactly(reference_run, tiny_cifar, tmp_path, monkeypatch):
+    from resnets.models.loading import model_from_file
+
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    real_save = engine.save_checkpoint
+
+    def stop_after_iteration_6(run_dir, state):
+        real_save(run_dir, state)
+        if state["iteration"] == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", stop_after_iteration_6)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(tiny_cifar, out))
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    checkpoints = out / "checkpoints"
+    new = load_checkpoint(checkpoints / "last.pt")
+    (checkpoints / "previous.pt").unlink()
+    torch.save(a0f3558_checkpoint(new), checkpoints / "last.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(a0f3558_config(new["config"]), sort_keys=False))
+
+    # Read for inference, the old checkpoint is the same network with the same normalisation.
+    old_model, info = model_from_file(checkpoints / "last.pt")
+    assert info["iteration"] == 6 and old_model.input_norm.kind == "per_pixel_mean"
+    assert torch.equal(old_model.input_norm.mean, new["model"]["input_norm.mean"])
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch.save(new, tmp_path / "new.pt")
+    with torch.no_grad():
+        assert torch.equal(old_model.eval()(x), model_from_file(tmp_path / "new.pt")[0].eval()(x))
+
+    engine.train(tiny_config(tiny_cifar, out), resume=True)
+    assert train_rows(out) == train_rows(ref_out)
+    assert_same_weights(final_weights(out), final_weights(ref_out))

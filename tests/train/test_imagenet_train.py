@@ -14,8 +14,9 @@ from resnets.config import resolve_config
 from resnets.errors import DataError
 from resnets.models import create_model
 from resnets.train import imagenet_data
+from resnets.runtime import Runtime
+from resnets.train.data import BatchShard
 from resnets.train.imagenet_data import ResumableShardSampler, build_imagenet
-from resnets.train.runtime import Runtime
 
 CLASSES = ["n01", "n02", "n03"]
 
@@ -56,20 +57,22 @@ def take(stream, start: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [next(it) for _ in range(n)]
 
 
-def build_small(config, runtime=CPU):
-    return build_imagenet(config, runtime, crop=32, scale_range=(36, 48), mean_max_images=100)
+def build_small(config, runtime=CPU, crop=32):
+    return build_imagenet(config.data, BatchShard.of(config.optim.batch_size, runtime), config.seed, runtime,
+                          mean_cache=Path(config.out) / imagenet_data.MEAN_FILE, crop=crop, scale_range=(36, 48),
+                          mean_max_images=100)
 
 
 def test_sampler_epochs_cover_data_once_and_resume_mid_epoch():
-    s = ResumableShardSampler(num_samples=10, global_batch=4, rank=0, world_size=1, seed=3)
+    s = ResumableShardSampler(num_samples=10, shard=BatchShard(4), seed=3)
     assert s.steps_per_epoch == 2  # drop_last: 2 images of each epoch are left out
     epoch0 = s.indices_at(0) + s.indices_at(1)
     assert len(set(epoch0)) == 8
     assert s.indices_at(2) + s.indices_at(3) != epoch0  # a new order each epoch
-    keys = iter(ResumableShardSampler(10, 4, 0, 1, seed=3, start_step=3))
+    keys = iter(ResumableShardSampler(10, BatchShard(4), seed=3, start_step=3))
     assert [next(keys) for _ in range(4)] == [(1, i) for i in s.indices_at(3)]
     # Two processes split each global batch without overlap.
-    shards = [ResumableShardSampler(10, 4, r, 2, seed=3).indices_at(5) for r in range(2)]
+    shards = [ResumableShardSampler(10, BatchShard(4, r, 2), seed=3).indices_at(5) for r in range(2)]
     assert shards[0] + shards[1] == s.indices_at(5)
 
 
@@ -112,18 +115,20 @@ def test_mean_image_is_cached_in_the_run_dir(tmp_path, small_tree, monkeypatch):
     config = small_config(tmp_path, small_tree)
     first = build_small(config)
     cached = Path(config.out) / imagenet_data.MEAN_FILE
-    assert cached.is_file() and first.mean_image.shape == (3, 32, 32)
-    assert 0.1 < float(first.mean_image.mean()) < 0.9
+    assert not cached.exists()  # computed only when a model asks for it
+    first_mean = first.mean_image()
+    assert cached.is_file() and first_mean.shape == (3, 32, 32)
+    assert 0.1 < float(first_mean.mean()) < 0.9
 
     def refuse(*args, **kwargs):
         raise AssertionError("the mean image was recomputed")
 
     monkeypatch.setattr(imagenet_data, "compute_mean_image", refuse)
     again = build_small(config)
-    assert torch.equal(first.mean_image, again.mean_image)
+    assert torch.equal(first_mean, again.mean_image())
     # Another data set (here: another crop size) does not reuse it.
     with pytest.raises(AssertionError, match="recomputed"):
-        build_imagenet(config, CPU, crop=24, scale_range=(36, 48), mean_max_images=100)
+        build_small(config, crop=24).mean_image()
 
 
 def test_bad_images_are_skipped_and_counted(tmp_path):
