@@ -1,12 +1,5 @@
 """``resnets detect train|eval|predict``: argparse wiring for the detector.
 
-The lead wires it into ``resnets/cli.py`` with::
-
-    from resnets.detection.cli import add_parser as add_detect_parser
-    add_detect_parser(subparsers)        # adds "detect" with train/eval/predict
-    ...
-    args.func(args)                      # each subcommand sets func=run
-
 Data sets are chosen with ``--format``: ``voc`` (``--data`` = VOC root with
 Annotations/JPEGImages/ImageSets/Main, ``--split``), ``coco`` (``--data`` = image
 folder, ``--annotations`` = instances JSON) or ``synthetic`` (generated shapes, for
@@ -24,6 +17,7 @@ import yaml
 
 from resnets.detection.config import DetectionConfig, load_config
 from resnets.errors import ConfigError, DataError
+from resnets.io import atomic_write_text
 
 __all__ = ["add_parser", "run", "build_dataset"]
 
@@ -124,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
         for key in ("iterations", "arch", "device"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
-        resume_ckpt = Path(args.run_dir) / "checkpoints" / "last.pt"
         if args.config:
             cfg = load_config(args.config, overrides)
         else:
@@ -135,12 +128,12 @@ def run(args: argparse.Namespace) -> int:
         if cfg.class_names is None or len(cfg.class_names) != len(names):
             cfg = cfg.replace(num_classes=len(names), class_names=names)
         info = {"format": args.format or "voc", "data": args.data, "split": args.split, "annotations": args.annotations}
-        model = engine.train(cfg, dataset, args.run_dir, resume=args.resume and resume_ckpt.is_file(), data_info=info)
+        model = engine.train(cfg, dataset, args.run_dir, resume=args.resume, data_info=info)
         if args.eval_split:
             test = build_dataset(args.format, args.data, args.eval_split, args.annotations, train=False,
                                  num_classes=cfg.num_classes, class_names=cfg.class_names)
             metrics = engine.evaluate(model, test)
-            engine._append_jsonl(Path(args.run_dir) / "metrics.jsonl", {"eval": args.eval_split, **metrics})
+            engine.log_evaluation(args.run_dir, args.eval_split, metrics)
             print(json.dumps(metrics))
         return 0
     if cmd == "eval":
@@ -149,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
                                 args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names)
         metrics = engine.evaluate(model, dataset, metric=args.metric, use_07_metric=args.voc07 or None)
         out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=1))
+        atomic_write_text(out, json.dumps(metrics, indent=1))
         print(json.dumps(metrics))
         return 0
     if cmd == "predict":

@@ -4,19 +4,18 @@ Defaults follow the paper's Appendix A (Faster R-CNN on a ResNet conv4 "C4"
 backbone, BN frozen, conv1/res2 frozen, 14x14 RoI features into res5) and the
 Faster R-CNN paper it builds on (anchors, sampling, NMS thresholds). The config is
 a plain dataclass; ``to_dict``/``from_dict`` round-trip it through YAML for the run
-directory's ``config.yaml``.
+directory's ``config.yaml``, with the typed conversion and YAML loading of
+:mod:`resnets.config` (the same rules and messages as the training config).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
-
+from resnets.config import load_yaml, update
 from resnets.errors import ConfigError
 
 __all__ = ["DetectionConfig", "load_config"]
@@ -116,7 +115,7 @@ class DetectionConfig:
     lr: float = 0.001
     """Base learning rate (Appendix A: 0.001, then 0.0001)."""
     lr_steps: tuple[int, ...] = (15000,)
-    """Iterations at which the learning rate is multiplied by `lr_gamma`."""
+    """Iterations at which the learning rate is multiplied by `lr_gamma` (ascending)."""
     lr_gamma: float = 0.1
     warmup_iterations: int = 0
     """Linear warm-up from lr/10 over this many iterations (0: none)."""
@@ -143,13 +142,11 @@ class DetectionConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "DetectionConfig":
         """Build and validate a config; unknown keys or wrong types raise ConfigError naming them."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"{source}: unknown detection option(s) {unknown}; known: {sorted(names)}")
-        hints = typing.get_type_hints(cls)
-        kwargs = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
-        cfg = cls(**kwargs)
+        cfg = cls()
+        try:
+            update(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         cfg.validate(source)
         return cfg
 
@@ -175,66 +172,15 @@ class DetectionConfig:
         need(self.roi_op in ("align", "pool"), f"roi_op must be 'align' or 'pool', got {self.roi_op!r}")
         need(self.pooled_size >= 1, "pooled_size must be >= 1")
         need(self.batch_size >= 1 and self.iterations >= 0, "batch_size must be >= 1 and iterations >= 0")
+        need(list(self.lr_steps) == sorted(self.lr_steps), f"lr_steps must be ascending, got {list(self.lr_steps)}")
         need(all(s > 0 for s in self.test_scales), "test_scales must be positive")
         need(self.class_names is None or len(self.class_names) == self.num_classes,
              f"class_names has {len(self.class_names or [])} names but num_classes is {self.num_classes}")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check/convert a YAML value against a field's type hint (tuples arrive as lists)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        if type(None) in args or hint is Any:
-            return None
-        raise ConfigError(f"{where} must not be null")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not a {hint}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    return value
-
-
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
     """Read a YAML file of DetectionConfig fields (optionally under a top-level `detection:` key)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of detection options")
+    data = load_yaml(path)
     data = dict(data.get("detection", data))
     data.update(overrides or {})
-    return DetectionConfig.from_dict(data, source=str(p))
+    return DetectionConfig.from_dict(data, source=str(path))

@@ -1,123 +1,97 @@
 """Train / evaluate / predict for the detector, with a run directory.
 
-Run directory layout::
+Run directory layout (as `resnets train` writes it, with the same shared pieces)::
 
-    RUN_DIR/config.yaml          resolved DetectionConfig (+ data description)
+    RUN_DIR/config.yaml          resolved DetectionConfig (+ data description), written atomically
     RUN_DIR/metrics.jsonl        one JSON object per logged iteration / evaluation
-    RUN_DIR/checkpoints/last.pt  model + optimizer + iteration, written atomically
+    RUN_DIR/checkpoints/last.pt  model + optimizer + iteration (previous.pt: the one before)
 
-Checkpoints hold only tensors, dicts, lists and primitives, so they load with
-``torch.load(weights_only=True)``. Training progress is an iteration budget, and a
-resumed run continues with the same data order as an uninterrupted one (the
-sampling order is a pure function of seed and iteration).
+Checkpoints are `resnets.checkpoint`'s: atomic, and only tensors, dicts, lists and
+primitives, so they load with ``torch.load(weights_only=True)``. Training progress is an
+iteration budget, and a resumed run continues with the same data order as an
+uninterrupted one (the sampling order is a pure function of seed and iteration); its
+metrics.jsonl reads as the uninterrupted run's would.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from resnets.checkpoint import checkpoint_dir, load_checkpoint, load_resume_checkpoint, save_checkpoint
+from resnets.config import save_yaml
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import hflip, load_image
 from resnets.detection.model import FasterRCNN, build_detector
-from resnets.errors import CheckpointError, TrainingDiverged
+from resnets.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from resnets.eval.evaluate import eval_mode
+from resnets.io import atomic_write_text
+from resnets.models.loading import checkpoint_network
+from resnets.models.normalize import normalization_state
+from resnets.runtime import resolve_device
+from resnets.train.metrics_log import MetricsLog, append_metrics
+from resnets.train.schedule import step_lr
 
 __all__ = [
     "train",
     "evaluate",
     "predict",
-    "save_checkpoint",
-    "load_checkpoint",
+    "checkpoint_state",
     "load_detector",
     "draw_detections",
-    "resolve_device",
 ]
 
 CHECKPOINT_FORMAT = "resnets-detection"
-CHECKPOINT_VERSION = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+# 2: the input normalisation is stored as `input_norm.*` tensors in "model" (1: a "normalize" entry).
+CHECKPOINT_VERSION = 2
 
 
 # -------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """temp file in the same folder + fsync + os.replace: a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: str | Path, model: FasterRCNN, optimizer: torch.optim.Optimizer | None = None,
-                    iteration: int = 0, extra: dict[str, Any] | None = None) -> None:
-    state = {
+def checkpoint_state(model: FasterRCNN, optimizer: torch.optim.Optimizer | None = None,
+                     iteration: int = 0) -> dict[str, Any]:
+    """What `resnets.checkpoint.save_checkpoint` writes for a detector."""
+    network = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": model.cfg.to_dict(),
         "iteration": int(iteration),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        # Normalize keeps non-persistent buffers; store them so the model is self-contained.
-        "normalize": {"mean": model.normalize.mean.detach().cpu(), "std": model.normalize.std.detach().cpu()},
+        "model": {**network, **normalization_state(model.normalize)},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "extra": extra or {},
     }
-    _atomic_torch_save(state, Path(path))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a detector checkpoint with ``weights_only=True``; CheckpointError if unusable."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of any kind: the file is not a checkpoint
-        raise CheckpointError(f"checkpoint {p} cannot be read: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p} is not a resnets detection checkpoint (written by `resnets detect train`)")
-    return state
+def _check_detection_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a resnets detection checkpoint (written by `resnets detect train`)")
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu",
                   overrides: dict[str, Any] | None = None) -> FasterRCNN:
-    """Rebuild a detector from a checkpoint (config + weights), in eval mode.
+    """Rebuild a detector from a checkpoint (config + weights + normalisation), in eval mode.
     ``overrides`` may change inference-only options (e.g. ``test_scales``, ``box_refinement``)."""
-    from resnets.models import Normalize
-
     state = load_checkpoint(path)
+    _check_detection_checkpoint(state, path)
     cfg = DetectionConfig.from_dict({**state["config"], "backbone_weights": None, **(overrides or {})}, source=str(path))
-    model = build_detector(cfg)
-    model.normalize = Normalize(state["normalize"]["mean"], state["normalize"]["std"])
+    network, norm = checkpoint_network(state)
+    model = build_detector(cfg, input_norm=norm)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(network)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit its config: {e}") from None
-    return model.to(device).eval()
+    return model.to(resolve_device(device) if isinstance(device, str) else device).eval()
 
 
 # ------------------------------------------------------------------- train
 def _lr_at(cfg: DetectionConfig, it: int) -> float:
-    lr = cfg.lr * cfg.lr_gamma ** sum(it >= s for s in cfg.lr_steps)
+    """The step schedule of `resnets.train.schedule`, after an optional linear warm-up from lr/10."""
+    lr = step_lr(cfg.lr, cfg.lr_gamma, cfg.lr_steps, it)
     if it < cfg.warmup_iterations:
         lr *= 0.1 + 0.9 * it / cfg.warmup_iterations
     return lr
@@ -166,12 +140,6 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
 def train(
     cfg: DetectionConfig,
     dataset: Dataset,
@@ -179,100 +147,108 @@ def train(
     *,
     resume: bool = False,
     data_info: dict[str, Any] | None = None,
-    log: Callable[[str], None] | None = print,
     model: FasterRCNN | None = None,
 ) -> FasterRCNN:
     """Train end to end (approximate joint training) for ``cfg.iterations`` iterations.
 
     Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``.
-    With ``resume`` an existing last.pt is continued (config taken from the
-    checkpoint, except ``iterations`` which may be raised). ``model`` replaces the
-    network built from ``cfg.arch`` (e.g. a custom ResNet; its config must be ``cfg``)."""
+    With ``resume`` the run's checkpoint is continued (config taken from the checkpoint,
+    except ``iterations`` which may be raised); a run directory without one is refused.
+    ``model`` replaces the network built from ``cfg.arch`` (e.g. a custom ResNet; its config
+    must be ``cfg``)."""
     run = Path(run_dir)
-    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt_path = checkpoint_dir(run) / "last.pt"
     start = 0
     state = None
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
+    if resume:
+        state = load_resume_checkpoint(run)
+        _check_detection_checkpoint(state, ckpt_path)
         saved = DetectionConfig.from_dict(state["config"], source=str(ckpt_path))
         cfg = saved.replace(iterations=cfg.iterations)
         start = int(state["iteration"])
     elif ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path} exists; pass resume to continue it or choose a new run directory")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"detection": cfg.to_dict(), "data": data_info or {}}, sort_keys=False))
+    if len(dataset) == 0:
+        raise DataError("the training data set is empty")
+    save_yaml({"detection": cfg.to_dict(), "data": data_info or {}}, run / "config.yaml")
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_detector(cfg) if model is None else model
     if state is not None:
-        from resnets.models import Normalize
-
-        model.load_state_dict(state["model"])
-        model.normalize = Normalize(state["normalize"]["mean"], state["normalize"]["std"])
+        network, norm = checkpoint_network(state)
+        model = build_detector(cfg, input_norm=norm) if model is None else model
+        model.load_state_dict(network)
+    elif model is None:
+        model = build_detector(cfg)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state is not None and state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
 
-    metrics_path = run / "metrics.jsonl"
-    n = len(dataset)
-    if n == 0:
-        from resnets.errors import DataError
-
-        raise DataError("the training data set is empty")
+    # On resume, lines past the checkpoint's iteration are dropped first (they are trained again).
+    log = MetricsLog(run, True, cfg.iterations, start if state is not None else None, tensorboard=False)
     t0 = time.perf_counter()
     running: dict[str, float] = {}  # loss sums since the last metrics line
     count = 0
     batches = DataLoader(_IterationBatches(dataset, cfg), batch_size=None, sampler=range(start, cfg.iterations),
                          num_workers=cfg.num_workers, collate_fn=_identity)
-    for it, batch in zip(range(start, cfg.iterations), batches):
-        # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
-        torch.manual_seed(cfg.seed * 1_000_003 + it)
-        images = [img.to(device) for img, _ in batch]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for _, t in batch]
-        lr = _lr_at(cfg, it)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at iteration {it}; last good checkpoint: {ckpt_path}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
-        count += 1
-        done = it + 1
-        if done % cfg.log_every == 0 or done == cfg.iterations:
-            record = {"iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
-                      "elapsed_s": round(time.perf_counter() - t0, 3)}
-            record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
-            _append_jsonl(metrics_path, record)
-            if log:
-                log(f"iter {done}/{cfg.iterations} loss {record['loss']:.4f} lr {lr:.5f}")
-            running, count = {}, 0
-        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            save_checkpoint(ckpt_path, model, opt, done)
-    if start >= cfg.iterations and not ckpt_path.is_file():
-        save_checkpoint(ckpt_path, model, opt, start)
+    try:
+        for it, batch in zip(range(start, cfg.iterations), batches):
+            # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+            images = [img.to(device) for img, _ in batch]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for _, t in batch]
+            lr = _lr_at(cfg, it)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at iteration {it}; last good checkpoint: {ckpt_path}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + float(v.detach())
+            count += 1
+            done = it + 1
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                record = {"event": "train", "iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
+                          "elapsed_s": round(time.perf_counter() - t0, 3)}
+                record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
+                log.write(record)
+                running, count = {}, 0
+            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+                save_checkpoint(run, checkpoint_state(model, opt, done))
+        if start >= cfg.iterations and not ckpt_path.is_file():
+            save_checkpoint(run, checkpoint_state(model, opt, start))
+    finally:
+        log.close()
     return model.eval()
+
+
+def log_evaluation(run_dir: str | Path, split: str, metrics: dict[str, Any]) -> None:
+    """Add an evaluation of the run's final model to its metrics.jsonl."""
+    iteration = load_checkpoint(checkpoint_dir(run_dir) / "last.pt")["iteration"]
+    append_metrics(Path(run_dir), {"event": "eval", "iteration": iteration, "eval": split, **metrics})
 
 
 # ----------------------------------------------------------------- evaluate
 @torch.no_grad()
 def run_inference(model: FasterRCNN, dataset: Dataset, batch_size: int = 1) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
-    """Detections and ground truths (CPU) for every image of ``dataset``, in order."""
-    model.eval()
+    """Detections and ground truths (CPU) for every image of ``dataset``, in order.
+
+    The mAP needs every detection of every image before it can be computed, so this is not
+    `resnets.eval.evaluate`'s running top-k count; it shares its evaluation mode (`eval_mode`)."""
     device = next(model.parameters()).device
     dets, gts = [], []
-    for s in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
-        out = model([img.to(device) for img, _ in items])
-        dets += [{k: v.cpu() for k, v in d.items()} for d in out]
-        gts += [t for _, t in items]
+    with eval_mode([model]):
+        for s in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
+            out = model([img.to(device) for img, _ in items])
+            dets += [{k: v.cpu() for k, v in d.items()} for d in out]
+            gts += [t for _, t in items]
     return dets, gts
 
 
@@ -284,8 +260,6 @@ def evaluate(model: FasterRCNN, dataset: Dataset, metric: str = "voc", batch_siz
     dets, gts = run_inference(model, dataset, batch_size)
     if metric == "coco":
         if not hasattr(dataset, "coco"):
-            from resnets.errors import ConfigError
-
             raise ConfigError("metric 'coco' needs a COCO-format data set (--format coco)")
         return evaluate_coco(dets, dataset)
     v07 = model.cfg.voc07_metric if use_07_metric is None else use_07_metric
@@ -338,5 +312,5 @@ def predict(model: FasterRCNN, image_paths: list[str | Path], out_dir: str | Pat
         if out is not None and draw:
             draw_detections(image, det, names, out / f"{Path(path).stem}.png")
     if out is not None:
-        (out / "detections.json").write_text(json.dumps(records, indent=1))
+        atomic_write_text(out / "detections.json", json.dumps(records, indent=1))
     return records

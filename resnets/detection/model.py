@@ -1,7 +1,8 @@
 """Faster R-CNN on a ResNet C4 backbone (paper, Appendix A), with Appendix B's extras.
 
     image -> resize (shorter side 600, longer <= 1000) -> normalise -> pad to /16
-          -> conv1..conv4_x  (shared, stride 16; conv1 + conv2_x frozen; BN frozen)
+          -> conv1..conv4_x  (the ResNet's forward_features up to layer3: shared, stride 16;
+                              conv1 + conv2_x frozen; BN frozen)
           -> RPN -> proposals
           -> RoI features 14x14 on conv4 -> conv5_x (the ResNet's own layer4) -> avg pool
           -> (num_classes + 1)-way softmax, class-specific boxes
@@ -13,8 +14,6 @@ treated as constants.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -69,26 +68,31 @@ class FasterRCNN(nn.Module):
     def __init__(self, cfg: DetectionConfig, resnet: ResNet) -> None:
         super().__init__()
         self.cfg = cfg
-        norm = resnet.input_norm if resnet.input_norm is not None else Normalize.channel()
+        if resnet.stage_names != ["layer1", "layer2", "layer3", "layer4"] or not isinstance(resnet.maxpool, nn.MaxPool2d):
+            raise ValueError("the C4 detector needs an ImageNet-style ResNet with layer1..layer4")
+        # The images are normalised before they are zero-padded into a batch, so padding is the
+        # mean (`resize_and_batch`); the trunk gets them normalised already.
+        self.normalize = resnet.input_norm if resnet.input_norm is not None else Normalize.channel()
         resnet.input_norm = None
-        self.normalize = norm
         if cfg.freeze_bn:
             freeze_batchnorm(resnet)  # Appendix A: BN statistics and affine fixed
-        if "layer4" not in resnet.stage_names:
-            raise ValueError("the C4 detector needs an ImageNet-style ResNet with layer1..layer4")
-        self.backbone = nn.Sequential(
-            OrderedDict(
-                conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu, maxpool=resnet.maxpool,
-                layer1=resnet.layer1, layer2=resnet.layer2, layer3=resnet.layer3,
-            )
-        )
+        # Appendix A: conv1..conv4_x are the trunk the RPN and the box head share (C4, stride 16);
+        # the network's own conv5_x stage becomes the box head's res5, and its classifier goes.
+        res5, res5_channels = resnet.layer4, resnet.num_features
+        del resnet.layer4, resnet.avgpool, resnet.fc
+        resnet.stage_names = ["layer1", "layer2", "layer3"]
+        self.backbone = resnet
         if cfg.freeze_stem_and_res2:  # Appendix A: conv1 and conv2_x are not fine-tuned
-            for module in (self.backbone.conv1, self.backbone.bn1, self.backbone.layer1):
+            for module in (resnet.conv1, resnet.bn1, resnet.layer1):
                 for p in module.parameters():
                     p.requires_grad_(False)
-        c4 = resnet.layer4[0].conv1.in_channels
+        c4 = res5[0].conv1.in_channels
         self.rpn = RPN(c4, cfg, STRIDE)
-        self.head = C4BoxHead(resnet.layer4, c4, resnet.num_features, cfg, STRIDE)
+        self.head = C4BoxHead(res5, c4, res5_channels, cfg, STRIDE)
+
+    def features(self, batch: Tensor) -> Tensor:
+        """The conv4_x ("C4") feature map, stride 16, of a normalised batch."""
+        return self.backbone.forward_features(batch, ["layer3"])["layer3"]
 
     # ------------------------------------------------------------------ training
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
@@ -106,7 +110,7 @@ class FasterRCNN(nn.Module):
         for t, (sx, sy) in zip(targets, scales.tolist()):
             boxes = t["boxes"].to(batch) * torch.tensor([sx, sy, sx, sy], device=batch.device)
             scaled.append({"boxes": boxes, "labels": t["labels"].to(batch.device)})
-        features = self.backbone(batch)
+        features = self.features(batch)
         proposals, _, rpn_losses = self.rpn(features, sizes, scaled)
         rois, labels, reg = self.head.sample(proposals, scaled)
         logits, deltas = self.head.predict(self.head.box_features(features, rois, sizes))
@@ -117,7 +121,7 @@ class FasterRCNN(nn.Module):
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
         batch, sizes, scales = resize_and_batch(images, cfg.min_size, cfg.max_size, self.normalize)
-        features = self.backbone(batch)
+        features = self.features(batch)
         proposals, _, _ = self.rpn(features, sizes)  # per-class RPN labels are not needed here
         # Work in original-image pixels from here on, so several scales can be combined.
         rois = []
@@ -157,7 +161,7 @@ class FasterRCNN(nn.Module):
                 levels.append((features, sizes, scales))
                 continue
             b, sz, sc = resize_and_batch(images, s, cap, self.normalize)
-            levels.append((self.backbone(b), sz, sc))
+            levels.append((self.features(b), sz, sc))
         return levels
 
     def _score(
@@ -221,7 +225,10 @@ class FasterRCNN(nn.Module):
         return {"boxes": out_boxes, "scores": scores[keep], "labels": labels[keep]}
 
 
-def build_detector(cfg: DetectionConfig) -> FasterRCNN:
-    """A FasterRCNN on ``cfg.arch`` (optionally initialised from ``cfg.backbone_weights``)."""
-    resnet = create_model(cfg.arch, weights=cfg.backbone_weights)
-    return FasterRCNN(cfg, resnet)
+def build_detector(cfg: DetectionConfig, input_norm: nn.Module | None = None) -> FasterRCNN:
+    """A FasterRCNN on ``cfg.arch``, initialised from ``cfg.backbone_weights`` (with the input
+    normalisation stored there; ImageNet channel mean/std without), or - to load a detector
+    checkpoint into - with random weights and that checkpoint's ``input_norm``."""
+    if input_norm is not None:
+        return FasterRCNN(cfg, create_model(cfg.arch, input_norm=input_norm))
+    return FasterRCNN(cfg, create_model(cfg.arch, weights=cfg.backbone_weights))

@@ -8,10 +8,15 @@ import json
 import pytest
 import torch
 
+from pathlib import Path
+
 from resnets.detection import engine
 from resnets.detection.cli import add_parser, run
+from resnets.detection.config import DetectionConfig
 from resnets.detection.data import SyntheticShapes, write_coco, write_voc
+from resnets.detection.model import FasterRCNN, build_detector
 from resnets.errors import CheckpointError, ConfigError, DataError
+from resnets.models import BasicBlock, Normalize, ResNet
 
 # resnet18-C4 at a 64px shorter side with few anchors/RoIs: a few seconds per iteration at most.
 SETS = [
@@ -123,7 +128,7 @@ def test_cli_errors(tmp_path):
         run(_parse(["detect", "predict", "--checkpoint", str(bad), "x.png", "--out-dir", str(tmp_path)]))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "synthetic", "--set", "nonsense"]))
-    with pytest.raises(ConfigError, match="unknown detection option"):
+    with pytest.raises(ConfigError, match="unknown config key 'foo'"):
         run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "synthetic", "--set", "foo=1"]))
     with pytest.raises(DataError, match="does not exist"):
         run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "voc", "--data", str(tmp_path / "nope")]))
@@ -146,8 +151,88 @@ def test_resume_reproduces_uninterrupted_training(tmp_path):
         torch.manual_seed(0)
         return FasterRCNN(cfg, ResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64)))
 
-    straight = engine.train(cfg, data, tmp_path / "a", model=fresh(), log=None)
-    engine.train(cfg.replace(iterations=2), data, tmp_path / "b", model=fresh(), log=None)
-    resumed = engine.train(cfg, data, tmp_path / "b", model=fresh(), resume=True, log=None)
+    straight = engine.train(cfg, data, tmp_path / "a", model=fresh())
+    engine.train(cfg.replace(iterations=2), data, tmp_path / "b", model=fresh())
+    resumed = engine.train(cfg, data, tmp_path / "b", model=fresh(), resume=True)
     for (k, v), (k2, v2) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
+
+
+TINY = dict(num_classes=3, min_size=64, max_size=96, anchor_sizes=(16.0, 32.0, 64.0), pooled_size=4,
+            rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=40, rpn_batch_size_per_image=32,
+            roi_batch_size_per_image=16, batch_size=1, lr=0.01, device="cpu", freeze_bn=False, log_every=1)
+
+
+def tiny_detector(cfg: DetectionConfig) -> FasterRCNN:
+    torch.manual_seed(0)
+    return FasterRCNN(cfg, ResNet(BasicBlock, [1, 1, 1, 1], widths=(8, 16, 32, 64)))
+
+
+def synthetic() -> SyntheticShapes:
+    return SyntheticShapes(4, image_size=(64, 80), min_object=12, max_object=40, seed=21)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path):
+    """Regression: `detect train --resume` on a directory without a checkpoint silently started afresh."""
+    run_dir = tmp_path / "run"
+    args = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "2", "--run-dir", str(run_dir),
+                   "--iterations", "1", "--resume", "--set", "num_classes=3", *_sets()])
+    with pytest.raises(CheckpointError, match="cannot resume: .* holds no checkpoint"):
+        run(args)
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_resumed_metrics_hold_each_iteration_once(tmp_path, monkeypatch):
+    """Regression: iterations logged after the last checkpoint were logged again after a resume."""
+    cfg = DetectionConfig(**TINY, iterations=3, checkpoint_every=2)
+    real_save = engine.save_checkpoint
+
+    def killed_before_the_last_checkpoint(run_dir, state):
+        if state["iteration"] == 3:  # iteration 3 is logged, its checkpoint never written
+            raise KeyboardInterrupt
+        real_save(run_dir, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", killed_before_the_last_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, synthetic(), tmp_path / "run", model=tiny_detector(cfg))
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    engine.train(cfg, synthetic(), tmp_path / "run", model=tiny_detector(cfg), resume=True)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+
+
+def test_config_yaml_is_replaced_atomically(tmp_path, monkeypatch):
+    """Regression: config.yaml was written in place, so a crash (or a full disk) mid-write tore it."""
+    cfg = DetectionConfig(**TINY, iterations=1, checkpoint_every=1)
+    run_dir = tmp_path / "run"
+    engine.train(cfg, synthetic(), run_dir, model=tiny_detector(cfg))
+    before = (run_dir / "config.yaml").read_text()
+    real_write_text = Path.write_text
+
+    def torn(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", torn)
+    with pytest.raises(OSError, match="No space"):
+        engine.train(cfg.replace(iterations=2), synthetic(), run_dir, model=tiny_detector(cfg), resume=True)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert (run_dir / "config.yaml").read_text() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+
+
+def test_version_1_checkpoints_still_load(tmp_path):
+    """Checkpoints written before the normalisation moved into "model" (a "normalize" entry) load as they did."""
+    cfg = DetectionConfig(**{**TINY, "arch": "resnet18"})
+    torch.manual_seed(0)
+    norm = Normalize(torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.25]))
+    model = build_detector(cfg, input_norm=norm).eval()
+    v1 = {"format": "resnets-detection", "version": 1, "config": cfg.to_dict(), "iteration": 5,
+          "model": model.state_dict(), "normalize": {"mean": norm.mean, "std": norm.std},
+          "optimizer": None, "extra": {}}
+    torch.save(v1, tmp_path / "v1.pt")
+    loaded = engine.load_detector(tmp_path / "v1.pt")
+    assert torch.equal(loaded.normalize.mean, norm.mean) and torch.equal(loaded.normalize.std, norm.std)
+    image = synthetic()[0][0]
+    for a, b in zip(model([image]), loaded([image])):
+        assert all(torch.equal(a[k], b[k]) for k in a)

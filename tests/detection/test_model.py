@@ -91,8 +91,9 @@ def test_resize_and_batch():
 def test_backbone_is_c4_with_frozen_parts():
     torch.manual_seed(0)
     model = build_detector(DetectionConfig(**TINY))
-    # conv1..conv4_x shared trunk; res5 = the ResNet's own layer4 in the head.
-    assert list(model.backbone._modules) == ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"]
+    # conv1..conv4_x shared trunk (the ResNet up to layer3); res5 = the ResNet's own layer4 in the head.
+    assert model.backbone.stage_names == ["layer1", "layer2", "layer3"]
+    assert {k.split(".")[0] for k in model.backbone.state_dict()} == {"conv1", "bn1", "layer1", "layer2", "layer3"}
     assert model.head.res5[0].conv1.stride == (2, 2)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in model.head.res5.modules())
@@ -100,7 +101,7 @@ def test_backbone_is_c4_with_frozen_parts():
     assert not any(p.requires_grad for p in model.backbone.layer1.parameters())
     assert all(p.requires_grad for p in model.backbone.layer2.parameters())
     x = torch.zeros(1, 3, 64, 96)
-    assert model.backbone(x).shape == (1, 256, 4, 6)  # stride 16
+    assert model.features(x).shape == (1, 256, 4, 6)  # stride 16
     assert model.head.cls_score.out_features == 4 and model.head.bbox_pred.out_features == 16
 
 
@@ -177,11 +178,11 @@ def test_per_class_rpn_appendix_c():
     images, targets = _images_and_targets()
     batch, sizes, _ = resize_and_batch(images, cfg.min_size, cfg.max_size, model.normalize)
     model.eval()
-    proposals, labels, _ = model.rpn(model.backbone(batch), sizes)
+    proposals, labels, _ = model.rpn(model.features(batch), sizes)
     for p, l in zip(proposals, labels):
         assert l is not None and l.shape == p.shape[:1] and l.min() >= 1 and l.max() <= 3
     model.train()
-    feats = model.backbone(batch)
+    feats = model.features(batch)
     _, _, losses = model.rpn(feats, sizes, [{"boxes": t["boxes"] * 1.0, "labels": t["labels"]} for t in targets])
     losses["loss_rpn_objectness"].backward()
     # Every class has its own objectness output, and all are trained (negatives count for every class).

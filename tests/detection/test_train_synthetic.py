@@ -43,7 +43,7 @@ def test_small_resnet_c4_learns_synthetic_shapes(tmp_path):
     model = FasterRCNN(cfg, ResNet(BasicBlock, [1, 1, 1, 1], widths=(16, 32, 64, 128)))
     train_set = SyntheticShapes(500, seed=0)
     test_set = SyntheticShapes(30, seed=123)
-    model = engine.train(cfg, train_set, tmp_path / "run", model=model, log=None)
+    model = engine.train(cfg, train_set, tmp_path / "run", model=model)
     log = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["iteration"] == 300
     assert log[-1]["loss"] < log[0]["loss"]
