@@ -1,8 +1,4 @@
-"""Command-line front ends: `resnets reproduce`, `resnets plot`, `resnets analyze`.
-
-The lead wires these into resnets/cli.py with `add_reproduce_parser(subparsers)`,
-`add_plot_parser(subparsers)` and `add_analyze_parser(subparsers)`.
-"""
+"""Command-line front ends: `resnets reproduce`, `resnets plot`, `resnets analyze`."""
 
 from __future__ import annotations
 
