@@ -76,13 +76,20 @@ def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torc
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import model_spec
     from ..train.checkpoint import model_from_file
     from ..train.runtime import resolve_device, resolve_precision
 
-    loaded = [model_from_file(p) for p in args.checkpoint]
+    loaded = [model_from_file(p) for p in args.checkpoint or []]
+    if args.weights is not None or not loaded:
+        from .predict import network_from_args
+
+        net, config = network_from_args(args.model, args.weights, None)
+        loaded.append((net, {"model": config, "run": None}))
     models = [m for m, _ in loaded]
     defaults = _defaults_from_run(loaded[0][1])
-    dataset = args.dataset or defaults["dataset"] or "cifar10"
+    family = model_spec(loaded[0][1]["model"]["name"]).family  # weights from elsewhere record no data set
+    dataset = args.dataset or defaults["dataset"] or ("imagenet" if family == "imagenet" else "cifar10")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if dataset == "cifar10":
@@ -95,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, device, args.batch_size,
                                    args.workers, args.skip_bad_images, loaded[0][1]["model"].get("classes"))
-    result["checkpoints"] = list(args.checkpoint)
+    result["checkpoints"] = list(args.checkpoint or [])
+    if args.weights is not None:
+        result["weights"] = f"{args.model}:{args.weights}"
     if not args.json:
         print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
               f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
@@ -107,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 error of trained networks on a data split",
                               description=__doc__)
-    p.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
                    help="a training checkpoint (.pt) or a model.safetensors; repeat for an ensemble")
+    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model (see `resnets predict -h`)")
+    p.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to evaluate")
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
     p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train")
