@@ -62,14 +62,15 @@ def peer_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_jpeg_images(cifar10_jpeg: Path, tmp_path_factory) -> Path:
-    """4 real CIFAR-10 JPEG training images per class, as files ROOT/<class>/<name>.jpg."""
+    """4 real CIFAR-10 JPEG training images per class, as files ROOT/train/<class>/<name>.jpg
+    (a class-folder data set `--data ROOT` reads)."""
     root = tmp_path_factory.mktemp("cifar_jpeg_images")
     per_class: dict[str, int] = {}
     if cifar10_jpeg.is_dir():
         for folder in sorted((cifar10_jpeg / "train").iterdir()):
-            (root / folder.name).mkdir()
+            (root / "train" / folder.name).mkdir(parents=True)
             for image in sorted(folder.iterdir())[:4]:
-                shutil.copy(image, root / folder.name / image.name)
+                shutil.copy(image, root / "train" / folder.name / image.name)
         return root
     with tarfile.open(cifar10_jpeg) as tar:
         for member in tar:
@@ -77,8 +78,8 @@ def cifar_jpeg_images(cifar10_jpeg: Path, tmp_path_factory) -> Path:
             if not member.isfile() or len(parts) != 3 or per_class.get(parts[1], 0) >= 4:
                 continue
             per_class[parts[1]] = per_class.get(parts[1], 0) + 1
-            (root / parts[1]).mkdir(exist_ok=True)
-            (root / parts[1] / parts[2]).write_bytes(tar.extractfile(member).read())
+            (root / "train" / parts[1]).mkdir(parents=True, exist_ok=True)
+            (root / "train" / parts[1] / parts[2]).write_bytes(tar.extractfile(member).read())
     return root
 
 
@@ -122,6 +123,30 @@ def serve():
     yield start
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def serve_pretrained(serve, monkeypatch, tmp_path):
+    """`serve_pretrained(name, tag, file, sha256=None) -> LocalServer`: the registry entry
+    (name, tag) then downloads `file` from a local server (with `sha256` as its published
+    hash, if given), into a cache folder of this test's own."""
+    import dataclasses
+
+    from resnets.models.pretrained import PRETRAINED
+
+    folder = tmp_path / "published"
+    folder.mkdir()
+    server = serve(folder)
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+
+    def start(name: str, tag: str, file: Path, sha256: str | None = None) -> LocalServer:
+        entry = PRETRAINED[(name, tag)]
+        shutil.copy(file, folder / entry.filename)
+        monkeypatch.setitem(PRETRAINED, (name, tag), dataclasses.replace(
+            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256))
+        return server
+
+    return start
 
 
 @pytest.fixture(autouse=True)

@@ -76,7 +76,7 @@ def fetch(url: str, dest: str | Path, algorithm: str, expected: str, progress: b
         os.replace(tmp.name, dest)
     except (urllib.error.URLError, OSError) as e:
         raise DataError(f"{url}: download failed ({getattr(e, 'reason', None) or e}); to install it by hand, "
-                        f"download it elsewhere and place it at {dest}") from None
+                        f"download it elsewhere and place it at {dest} (its {algorithm} starts with {expected[:8]})") from None
     finally:
         if os.path.exists(tmp.name):
             os.unlink(tmp.name)

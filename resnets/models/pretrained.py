@@ -41,7 +41,7 @@ class Architecture:
     """The network the weights fit."""
 
     name: str  # a resnets model name
-    shortcut: Literal["A", "B", "C"]
+    shortcut: Literal["A", "B", "C"] | None  # None: a plain network
     stride_in_1x1: bool  # bottleneck stride placement: paper (True) or "v1.5" (False)
 
 
@@ -128,7 +128,8 @@ def _akamaster(depth: int, sha256: str, test_error: float) -> PretrainedWeights:
 def _ours(name: str) -> PretrainedWeights:
     # Trained by `resnets reproduce cifar10` on ../shared/data/cifar10-jpeg-train.tar.gz; the
     # file carries its config, mean image, class names and measured errors in its metadata.
-    return PretrainedWeights("cifar10-jpeg", Architecture(name, "A", stride_in_1x1=True), "resnets", None, None,
+    shortcut = "A" if name.startswith("cifar_resnet") else None
+    return PretrainedWeights("cifar10-jpeg", Architecture(name, shortcut, stride_in_1x1=True), "resnets", None, None,
                              _OURS_CIFAR, "cifar10", None)
 
 
@@ -173,7 +174,7 @@ def pretrained_weights(name: str, tag: str) -> PretrainedWeights:
 
 def find_by_sha256(sha256: str) -> PretrainedWeights | None:
     """The downloadable entry whose published hash (full or prefix) the file's sha256 matches."""
-    for entry in _ENTRIES:
+    for entry in PRETRAINED.values():
         if entry.sha256 and sha256.startswith(entry.sha256):
             return entry
     return None

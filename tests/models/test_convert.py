@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -22,23 +21,12 @@ from torch import nn
 from resnets.cli import main
 from resnets.config import TrainConfig, to_dict
 from resnets.errors import CheckpointError, ConfigError
-from resnets.models import Normalize, create_model, load_state_dict, read_weights_config, save_weights
+from resnets.models import Normalize, create_model, load_state_dict, read_weights_config
 from resnets.models.convert import convert_state_dict, convert_weights
 from resnets.models.pretrained import CIFAR10_CLASSES
 from resnets.train.checkpoint import model_from_file
 
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so every tensor matters in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model.eval()
+from reference_nets import AkamasterResNet, TorchvisionResNet50, randomize_bn
 
 
 def cli(argv: list[str]) -> int:
@@ -47,60 +35,13 @@ def cli(argv: list[str]) -> int:
 
 def real_images(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The real CIFAR-10 JPEGs of `cifar_jpeg_images` as a uint8 batch, and their labels."""
-    files = sorted(folder.glob("*/*.jpg"))
+    files = sorted(folder.glob("train/*/*.jpg"))
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     labels = torch.tensor([CIFAR10_CLASSES.index(f.parent.name) for f in files])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
 
 
 # --------------------------------------------------------------------------- torchvision
-
-
-class TorchvisionBottleneck(nn.Module):
-    """torchvision's Bottleneck ("v1.5": the stride sits in the 3x3)."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
-
-
-class TorchvisionResNet50(nn.Module):
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
-            stride = 1 if i == 0 else 2
-            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
-            layers = [TorchvisionBottleneck(inplanes, planes, stride, downsample)]
-            layers += [TorchvisionBottleneck(planes * 4, planes) for _ in range(blocks - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
-            inplanes = planes * 4
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, num_classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def test_torchvision_resnet50_converts_exactly_with_its_stride_placement(tmp_path, capsys):
@@ -155,57 +96,6 @@ def test_custom_mean_std_and_explicit_model(tmp_path):
 
 
 # --------------------------------------------------------------------------- akamaster CIFAR
-
-
-class LambdaLayer(nn.Module):
-    def __init__(self, fn) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
-
-class AkamasterBlock(nn.Module):
-    """The block of akamaster/pytorch_resnet_cifar10 (option A pads planes//4 on both sides)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = LambdaLayer(
-                lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4), "constant", 0))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class AkamasterResNet(nn.Module):
-    def __init__(self, n: int, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        planes_in, stages = 16, []
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            blocks = []
-            for i in range(n):
-                blocks.append(AkamasterBlock(planes_in, planes, stride if i == 0 else 1))
-                planes_in = planes
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(64, num_classes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
-        return self.linear(out)
 
 
 def save_akamaster_checkpoint(net: nn.Module, path) -> None:
