@@ -220,9 +220,12 @@ def convert_file(path: str | os.PathLike, *, source: SourceFormat = "auto", mode
                 raise ConfigError(f"--normalization/--mean/--std: {path} is a resnets training checkpoint; its own "
                                   "input normalisation is kept and cannot be replaced")
             net, info = model_from_file(path)
-            if model and model != info["model"]["name"]:
-                raise CheckpointError(f"{path} holds weights of {info['model']['name']}, not {model}")
             run = info["run"]["model"]
+            if model and model != run["name"]:
+                raise CheckpointError(f"{path} holds weights of {run['name']}, not {model}")
+            if stride_in_1x1 is not None and has_bottlenecks(net) and stride_in_1x1 != run.get("stride_in_1x1", True):
+                raise ConfigError(f"--stride-in-1x1/--stride-in-3x3: {path} is a training checkpoint, loaded with the "
+                                  "stride placement it was trained with")
             config = {"name": run["name"], "num_classes": info["model"]["num_classes"],
                       "shortcut": run.get("shortcut") or model_spec(run["name"]).default_shortcut,
                       "stride_in_1x1": run.get("stride_in_1x1", True),
@@ -258,7 +261,7 @@ def load_network(weights: str | os.PathLike, name: str | None = None, *, num_cla
 
     weights: a tag of `resnets.models.pretrained` for `name`, or a file (see the module
     docstring). The config carries the class names and the evaluation resize/crop when
-    they are known (`classes`, `eval_resize`, `eval_crop`).
+    they are known (`class_names` or the training data's `classes`; `eval_resize`, `eval_crop`).
     """
     entry = pretrained_weights(name, str(weights)) if name and is_tag(name, weights) else None
     if entry is not None:
