@@ -153,9 +153,9 @@ def caffe_messages() -> dict[str, type]:
 
 def read_prototxt(path: str | os.PathLike) -> Any:
     """A NetParameter from a text prototxt (fields this converter does not use are skipped)."""
+    net = caffe_messages()["NetParameter"]()  # first: it says how to install protobuf if missing
     from google.protobuf import text_format
 
-    net = caffe_messages()["NetParameter"]()
     try:
         text_format.Parse(Path(path).read_text(), net, allow_unknown_field=True)
     except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
@@ -164,9 +164,9 @@ def read_prototxt(path: str | os.PathLike) -> Any:
 
 
 def _read_binary(path: str | os.PathLike, message: str) -> Any:
+    msg = caffe_messages()[message]()
     from google.protobuf.message import DecodeError
 
-    msg = caffe_messages()[message]()
     try:
         msg.ParseFromString(Path(path).read_bytes())
     except (OSError, DecodeError) as e:

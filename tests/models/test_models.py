@@ -209,8 +209,8 @@ def test_load_state_dict_accepts_wrapper_prefixes_and_names_mismatches(tmp_path)
 
     broken = dict(src.state_dict())
     broken.pop("fc.bias")
-    broken["linear.weight"] = broken.pop("fc.weight")
-    with pytest.raises(CheckpointError, match=r"missing keys: fc\.bias, fc\.weight.*unexpected keys: linear\.weight"):
+    broken["classifier.weight"] = broken.pop("fc.weight")  # (`linear` would be read as akamaster's layout)
+    with pytest.raises(CheckpointError, match=r"missing keys: fc\.bias, fc\.weight.*unexpected keys: classifier\.weight"):
         load_state_dict(create_model("cifar_resnet20"), broken)
     with pytest.raises(CheckpointError, match=r"shape mismatches: fc\.bias: file \(10,\) vs model \(100,\)"):
         load_state_dict(create_model("cifar_resnet20", num_classes=100), src.state_dict())
