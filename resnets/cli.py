@@ -82,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import download
     from .detection import cli as detect_cli
     from .eval import cli as eval_cli
+    from .eval import predict
     from .train import cli as train_cli
 
     download.add_parser(subparsers)
     train_cli.add_parser(subparsers)
     eval_cli.add_parser(subparsers)
+    predict.add_parser(subparsers)
     convert_cli.add_parser(subparsers)
     export_cli.add_parser(subparsers)
     detect_cli.add_parser(subparsers)

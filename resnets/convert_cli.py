@@ -1,8 +1,11 @@
 """`resnets convert`: weights trained elsewhere -> a resnets `model.safetensors`.
 
 The result carries the network, its input normalisation and its model config, so
-`resnets.create_model(NAME, weights=OUT)` and `resnets eval --checkpoint OUT` work on it.
-See `resnets.models.convert` for the formats understood.
+`resnets.create_model(NAME, weights=OUT)`, `resnets eval --checkpoint OUT` and
+`resnets predict --checkpoint OUT` work on it. Understood: torchvision-format ResNets,
+akamaster/pytorch_resnet_cifar10 checkpoints, resnets training checkpoints, and the
+authors' Caffe models (SRC a .caffemodel with --prototxt and --mean-file). See
+`resnets.models.convert` and `resnets.models.caffe`.
 """
 
 from __future__ import annotations
@@ -21,31 +24,54 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .models.convert import convert_weights
+    if args.format == "caffe" or (args.format == "auto" and args.src.endswith(".caffemodel")):
+        from .models.caffe import convert_caffe_weights
 
-    if args.stride_in_1x1 and args.stride_in_3x3:
-        raise ConfigError("--stride-in-1x1 and --stride-in-3x3 exclude each other")
-    stride_in_1x1 = True if args.stride_in_1x1 else (False if args.stride_in_3x3 else None)
-    config = convert_weights(args.src, args.dst, source=args.format, model=args.model, stride_in_1x1=stride_in_1x1,
-                             normalization=args.normalization, mean=args.mean, std=args.std)
-    print(json.dumps({"written": args.dst, "model": config}))
+        given = [flag for flag, value in (("--model", args.model), ("--stride-in-1x1/--stride-in-3x3", args.stride_in_1x1),
+                                          ("--normalization", args.normalization), ("--mean", args.mean),
+                                          ("--std", args.std)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: not used with Caffe models, whose prototxt and mean file say it all")
+        if not args.prototxt or not args.mean_file:
+            raise ConfigError("Caffe models need --prototxt (the deploy prototxt) and --mean-file (the mean image "
+                              "the authors subtract, ResNet_mean.binaryproto)")
+        config = convert_caffe_weights(args.prototxt, args.src, args.mean_file, args.dst)
+    else:
+        from .models.convert import convert_weights
+
+        if args.prototxt or args.mean_file:
+            raise ConfigError("--prototxt/--mean-file: only for Caffe models (SRC a .caffemodel)")
+        config = convert_weights(args.src, args.dst, source=args.format, model=args.model,
+                                 stride_in_1x1=args.stride_in_1x1, normalization=args.normalization,
+                                 mean=args.mean, std=args.std)
+    summary = {k: v for k, v in config.items() if k not in ("classes", "class_names")}
+    print(json.dumps({"written": args.dst, "model": summary}))
     return 0
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="convert torchvision or akamaster CIFAR ResNet weights",
+    p = subparsers.add_parser("convert", help="convert torchvision, akamaster CIFAR or the authors' Caffe ResNet weights",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="a .pth/.pt state dict (bare, or under 'state_dict'/'model') or a .safetensors file")
+    p.add_argument("src", help="a .pth/.pt/.th checkpoint (bare state dict, or under 'state_dict'/'model'/'net'), "
+                               "a .safetensors file, or a Caffe .caffemodel")
     p.add_argument("dst", help="the resnets weights file to write, e.g. model.safetensors")
-    p.add_argument("--format", choices=["auto", "torchvision", "akamaster"], default="auto",
-                   help="auto: classifier 'fc' means torchvision, 'linear' means akamaster/pytorch_resnet_cifar10")
+    p.add_argument("--format", choices=["auto", "torchvision", "akamaster", "caffe"], default="auto",
+                   help="auto: classifier 'fc' means torchvision, 'linear' akamaster/pytorch_resnet_cifar10, "
+                        "a .caffemodel Caffe")
     p.add_argument("--model", metavar="NAME", help="resnets model name (default: inferred from the layers)")
-    p.add_argument("--stride-in-1x1", action="store_true",
-                   help="bottleneck stride in the first 1x1, as the paper and Caffe models")
-    p.add_argument("--stride-in-3x3", action="store_true",
-                   help="bottleneck stride in the 3x3 ('v1.5', torchvision's; the default)")
-    p.add_argument("--normalization", choices=["channel_mean_std", "none"], default="channel_mean_std",
-                   help="input normalisation the weights were trained with (default: ImageNet channel mean/std)")
+    # The same pair, with the same default, as `resnets train`.
+    stride = p.add_mutually_exclusive_group()
+    stride.add_argument("--stride-in-1x1", dest="stride_in_1x1", action="store_const", const=True, default=None,
+                        help="bottleneck stride in the first 1x1, as the paper and its Caffe models (the default, "
+                             "unless the weights record their placement)")
+    stride.add_argument("--stride-in-3x3", dest="stride_in_1x1", action="store_const", const=False,
+                        help="bottleneck stride in the 3x3 ('v1.5', as torchvision trains; its published files "
+                             "are recognised and get it automatically)")
+    p.add_argument("--normalization", choices=["channel_mean_std", "none"],
+                   help="input normalisation the weights were trained with (default: the one the file carries, "
+                        "else the format's: ImageNet channel mean/std)")
     p.add_argument("--mean", type=_floats, metavar="R,G,B", help="channel mean for pixels in [0, 1]")
     p.add_argument("--std", type=_floats, metavar="R,G,B", help="channel std for pixels in [0, 1]")
+    p.add_argument("--prototxt", metavar="FILE", help="Caffe: the deploy prototxt of the .caffemodel")
+    p.add_argument("--mean-file", metavar="FILE", help="Caffe: the mean image (ResNet_mean.binaryproto)")
     p.set_defaults(func=run)

@@ -1,6 +1,10 @@
 """Fixtures shared across the test tree."""
 
+import http.server
 import os
+import shutil
+import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +13,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG_ENV = "RESNETS_CIFAR10_JPEG"
+PEER_WEIGHTS_ENV = "RESNETS_PEER_WEIGHTS"
 
 
 def write_tiny_cifar(root: Path, per_class: int = 20, classes: int = 10, seed: int = 0) -> Path:
@@ -43,6 +48,105 @@ def cifar10_jpeg() -> Path:
         pytest.fail(f"CIFAR-10 JPEG data not found at {path}; set {CIFAR10_JPEG_ENV} to the "
                     "cifar10-jpeg-train.tar.gz archive or its extracted folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def peer_weights() -> Path:
+    """The folder of real published checkpoints, exactly as their authors published them
+    (../shared/peer-weights, see its README; RESNETS_PEER_WEIGHTS to use another copy)."""
+    path = Path(os.environ.get(PEER_WEIGHTS_ENV, REPO.parent / "shared" / "peer-weights"))
+    if not (path / "akamaster-resnet20-12fca82f.th").is_file():
+        pytest.fail(f"published checkpoints not found in {path}; set {PEER_WEIGHTS_ENV} to the peer-weights folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_images(cifar10_jpeg: Path, tmp_path_factory) -> Path:
+    """4 real CIFAR-10 JPEG training images per class, as files ROOT/train/<class>/<name>.jpg
+    (a class-folder data set `--data ROOT` reads)."""
+    root = tmp_path_factory.mktemp("cifar_jpeg_images")
+    per_class: dict[str, int] = {}
+    if cifar10_jpeg.is_dir():
+        for folder in sorted((cifar10_jpeg / "train").iterdir()):
+            (root / "train" / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:4]:
+                shutil.copy(image, root / "train" / folder.name / image.name)
+        return root
+    with tarfile.open(cifar10_jpeg) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) != 3 or per_class.get(parts[1], 0) >= 4:
+                continue
+            per_class[parts[1]] = per_class.get(parts[1], 0) + 1
+            (root / "train" / parts[1]).mkdir(parents=True, exist_ok=True)
+            (root / "train" / parts[1] / parts[2]).write_bytes(tar.extractfile(member).read())
+    return root
+
+
+class LocalServer:
+    """Serves a folder over HTTP on 127.0.0.1 (an ephemeral port), recording each request path."""
+
+    def __init__(self, folder: Path) -> None:
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    """`serve(folder) -> LocalServer`; every server started is shut down after the test."""
+    servers: list[LocalServer] = []
+
+    def start(folder: Path) -> LocalServer:
+        servers.append(LocalServer(folder))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def serve_pretrained(serve, monkeypatch, tmp_path):
+    """`serve_pretrained(name, tag, file, sha256=None) -> LocalServer`: the registry entry
+    (name, tag) then downloads `file` from a local server (with `sha256` as its published
+    hash, if given), into a cache folder of this test's own."""
+    import dataclasses
+
+    from resnets.models.pretrained import PRETRAINED
+
+    folder = tmp_path / "published"
+    folder.mkdir()
+    server = serve(folder)
+    monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
+
+    def start(name: str, tag: str, file: Path, sha256: str | None = None) -> LocalServer:
+        entry = PRETRAINED[(name, tag)]
+        shutil.copy(file, folder / entry.filename)
+        monkeypatch.setitem(PRETRAINED, (name, tag), dataclasses.replace(
+            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256))
+        return server
+
+    return start
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,10 +1,11 @@
-"""Download and safely extract the official CIFAR-10 python archive.
+"""Checked, atomic downloads; the official CIFAR-10 python archive, safely extracted.
 
-`download_cifar10(cache_dir)` fetches https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
-into `cache_dir`, checks its md5 against the published value, and extracts
-`cifar-10-batches-py/` next to it. Every step is atomic (temporary name, then
-`os.replace`), so an interrupted download or extraction never leaves a
-half-written file under the final name, and a second call reuses what is there.
+`fetch(url, dest, algorithm, expected)` is the one download routine (CIFAR-10 here,
+pretrained weights in `resnets.models.pretrained`). `download_cifar10(cache_dir)` fetches
+https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into `cache_dir`, checks its md5
+against the published value, and extracts `cifar-10-batches-py/` next to it. Every step is
+atomic (temporary name, then `os.replace`), so an interrupted download or extraction never
+leaves a half-written file under the final name, and a second call reuses what is there.
 """
 
 from __future__ import annotations
@@ -30,34 +31,56 @@ BATCH_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _CHUNK = 1 << 20
 
 
-def md5sum(path: str | Path) -> str:
-    """Hex md5 of the file at `path`."""
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    """Hex digest (`hashlib` algorithm name) of the file at `path`."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _fetch(url: str, dest: Path, md5: str) -> None:
-    """Stream `url` to a temporary file in dest's folder, check md5, rename to `dest`."""
+def fetch(url: str, dest: str | Path, algorithm: str, expected: str, progress: bool | None = None) -> None:
+    """Stream `url` to a temporary file in dest's folder, check its digest, rename it to `dest`.
+
+    `expected` is the full hex digest or a prefix of it (torch.hub's convention: the first
+    8+ hex digits of the sha256 in the file name). `progress`: a tqdm bar on stderr; None
+    shows it only on a terminal. Nothing is left under `dest` unless the digest matched
+    (`resnets.io.atomic_write`); a failed download names the URL and where the file can be
+    placed by hand.
+    """
+    from tqdm import tqdm
+
+    if len(expected) < 8:
+        raise ValueError(f"expected digest {expected!r}: give the full hex digest or at least its first 8 digits")
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{dest.parent}: cannot create the download folder ({e.strerror or e})") from None
 
     def download(tmp: str) -> None:
-        digest = hashlib.md5()
+        digest = hashlib.new(algorithm)
         with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                digest.update(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != md5:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                      disable=None if progress is None else not progress, leave=False) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        got = digest.hexdigest()
+        if not got.startswith(expected.lower()):
             raise DataError(
-                f"{url}: downloaded file has md5 {digest.hexdigest()}, expected {md5} "
+                f"{url}: downloaded file has {algorithm} {got}, expected {expected} "
                 "(corrupt or different file); nothing was kept"
             )
 
     try:
         atomic_write(dest, download)
     except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"{url}: download failed ({getattr(e, 'reason', None) or e})") from None
+        raise DataError(f"{url}: download failed ({getattr(e, 'reason', None) or e}); to install it by hand, "
+                        f"download it elsewhere and place it at {dest} (its {algorithm} starts with {expected[:8]})") from None
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -121,8 +144,8 @@ def download_cifar10(cache_dir: str | Path, url: str = OFFICIAL_URL, md5: str = 
         return extracted
 
     archive = cache_dir / ARCHIVE_NAME
-    if not archive.is_file() or md5sum(archive) != md5:
-        _fetch(url, archive, md5)
+    if not archive.is_file() or file_digest(archive, "md5") != md5:
+        fetch(url, archive, "md5", md5)
 
     # Extract into a fresh temporary folder and move the result into place, so a
     # crash mid-extraction leaves no partial cifar-10-batches-py behind.

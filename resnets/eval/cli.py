@@ -67,15 +67,22 @@ def evaluate_imagenet(models, path: str, split: str, protocol: str, runtime: Run
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import model_spec
     from ..models.loading import model_from_file
     from ..runtime import resolve_device, resolve_precision
 
-    loaded = [model_from_file(p) for p in args.checkpoint]
+    loaded = [model_from_file(p) for p in args.checkpoint or []]
+    if args.weights is not None or not loaded:
+        from .predict import network_from_args
+
+        net, config = network_from_args(args.model, args.weights, None)
+        loaded.append((net, {"model": config, "run": None}))
     device = resolve_device(args.device)
     runtime = Runtime(device, resolve_precision(args.precision, device))
     models = [m.to(memory_format=torch.channels_last) for m, _ in loaded]  # evaluate() feeds NHWC batches
     defaults = _defaults_from_run(loaded[0][1])
-    dataset = args.dataset or defaults["dataset"] or "cifar10"
+    family = model_spec(loaded[0][1]["model"]["name"]).family  # weights from elsewhere record no data set
+    dataset = args.dataset or defaults["dataset"] or ("imagenet" if family == "imagenet" else "cifar10")
     if dataset == "cifar10":
         if args.tta != "center":
             raise ConfigError("--tta: CIFAR-10 is evaluated on the 32x32 images as they are (Sec. 4.2); use center")
@@ -87,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, runtime, args.batch_size or 50,
                                    4 if args.workers is None else args.workers, args.skip_bad_images,
                                    loaded[0][1]["model"].get("classes"), cache_dir=args.cache_dir)
-    result["checkpoints"] = list(args.checkpoint)
+    result["checkpoints"] = list(args.checkpoint or [])
+    if args.weights is not None:
+        result["weights"] = f"{args.model}:{args.weights}"
     if not args.json:
         print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
               f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
@@ -99,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 error of trained networks on a data split",
                               description=__doc__)
-    p.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
+    p.add_argument("--checkpoint", action="append", metavar="FILE",
                    help="a training checkpoint (.pt) or a model.safetensors; repeat for an ensemble")
+    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model (see `resnets predict -h`)")
+    p.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to evaluate")
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
     p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train")

@@ -75,12 +75,18 @@ def normalization_state(norm: Normalize | None) -> dict[str, Tensor]:
     return {PREFIX + "mean": norm.mean.detach().cpu().contiguous(), PREFIX + "std": norm.std.detach().cpu().contiguous()}
 
 
-def split_normalization(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Normalize | None]:
-    """(the network's own tensors, the normalisation stored beside them or None)."""
+def split_normalization(state: Mapping[str, Tensor], source: str = "state dict"
+                        ) -> tuple[dict[str, Tensor], Normalize | None]:
+    """(the network's own tensors, the normalisation stored beside them or None).
+    `source` names the file in the error for a half-stored or unusable normalisation."""
     network = {k: v for k, v in state.items() if not k.startswith(PREFIX)}
     stored = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not stored:
         return network, None
-    if "mean" not in stored:
-        raise CheckpointError(f"the stored input normalisation has {PREFIX}std but no {PREFIX}mean")
-    return network, Normalize(stored["mean"], stored.get("std", 1.0))
+    if set(stored) != {"mean", "std"}:
+        raise CheckpointError(f"{source}: its input normalisation needs both {PREFIX}mean and {PREFIX}std; "
+                              f"found only {', '.join(PREFIX + k for k in sorted(stored))}")
+    try:
+        return network, Normalize(stored["mean"], stored["std"])
+    except ValueError as e:
+        raise CheckpointError(f"{source}: unusable input normalisation ({e})") from None

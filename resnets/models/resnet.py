@@ -170,7 +170,11 @@ def make_stage(
 class ResNet(nn.Module):
     """A stem, stages of blocks, global average pooling and a fully-connected classifier.
 
-    `stem="imagenet"`: 7x7/2 conv with 64 filters and 3x3/2 max pooling (Table 1).
+    `stem="imagenet"`: 7x7/2 conv with 64 filters and 3x3/2 max pooling (Table 1), the
+    pooling padded by 1 as in torchvision. `stem="imagenet_caffe"`: the same with the pooling
+    of the authors' released Caffe models (no padding, output size rounded up): at 224x224
+    both give 56x56 maps, but the pooling windows are shifted by one pixel, so weights from
+    those models need this stem to compute what they computed.
     `stem="cifar"`: one 3x3 conv with `widths[0]` filters and no pooling (Sec. 4.2).
     The first stage keeps the resolution, every later one halves it.
 
@@ -188,21 +192,24 @@ class ResNet(nn.Module):
         shortcut: Shortcut = "B",
         stride_in_1x1: bool = True,
         zero_init_residual: bool = False,
-        stem: Literal["imagenet", "cifar"] = "imagenet",
+        stem: Literal["imagenet", "imagenet_caffe", "cifar"] = "imagenet",
         plain: bool = False,
         input_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         layers, widths = tuple(layers), tuple(widths)
         self.input_norm = input_norm
-        if stem == "imagenet":
+        if stem in ("imagenet", "imagenet_caffe"):
             stem_channels = 64
             self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
-        else:
+            self.maxpool: nn.Module = (nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet"
+                                       else nn.MaxPool2d(3, stride=2, ceil_mode=True))
+        elif stem == "cifar":
             stem_channels = widths[0]
             self.conv1 = conv3x3(3, stem_channels)
             self.maxpool = nn.Identity()
+        else:
+            raise ValueError(f"stem must be 'imagenet', 'imagenet_caffe' or 'cifar', got {stem!r}")
         self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
 

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..io import atomic_write
-from .normalize import PREFIX as _NORM_PREFIX
+from .akamaster import from_akamaster, is_akamaster_layout
 from .normalize import Normalize, normalization_state, split_normalization
+from .resnet import Bottleneck, ResNet
 
 # Prefixes left by wrappers: DataParallel/DDP ("module.") and torch.compile ("_orig_mod.").
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -60,10 +61,7 @@ def read_weights_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_weights_normalization(path: str | os.PathLike) -> Normalize | None:
     """The input normalisation stored in a weights file (None when it holds none)."""
-    try:
-        return split_normalization(read_state_dict(path))[1]
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    return split_normalization(read_state_dict(path), str(path))[1]
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -77,26 +75,49 @@ def _require_file(path: str | os.PathLike) -> None:
         raise CheckpointError(f"weights file {path} does not exist")
 
 
+# Keys under which training scripts commonly nest the state dict.
+_WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from .safetensors or a .pt/.pth file (a bare state dict, or one under
-    'state_dict' / 'model' / 'net' as training scripts commonly save it)."""
+    """A state dict from .safetensors or a .pt/.pth/.th file, as checkpoints come in the wild.
+
+    Accepts a bare state dict or one nested under 'state_dict' / 'model' / 'net' /
+    'model_state_dict', next to other entries (epoch, best accuracy, optimizer, ...);
+    non-tensor entries of the state dict itself are dropped. Both of torch's formats load
+    (zip, and the legacy pickle one of PyTorch < 1.6), always with `weights_only=True`.
+    """
     _require_file(path)
     if str(path).endswith(".safetensors"):
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return state_dict_from(torch_load(path), path)
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, any failure as one CheckpointError."""
+    _require_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, refused globals: all one message
         raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors)")
-    return obj
+
+
+def state_dict_from(obj: Any, path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict inside a loaded checkpoint object (see `read_state_dict`)."""
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict):  # a bare state dict maps every name to a tensor
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)} if isinstance(obj, dict) else {}
+    if not tensors:
+        found = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: expected a state dict (names to tensors), bare or under one of "
+                              f"{', '.join(_WRAPPER_KEYS)}; found {found}")
+    return tensors
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -110,10 +131,14 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[str, Tensor]) -> nn.Module:
-    """Load weights strictly, accepting `module.` / `_orig_mod.` prefixes.
+    """Load weights strictly, accepting `module.` / `_orig_mod.` prefixes and the layout of
+    akamaster/pytorch_resnet_cifar10 checkpoints (see `resnets.models.akamaster`).
 
-    On mismatch the CheckpointError names the missing keys, the unexpected keys and the
-    shape mismatches, instead of PyTorch's wall of text.
+    BatchNorm's `num_batches_tracked` (added in PyTorch 0.4.1, used only in training with
+    momentum=None) may be missing, as in checkpoints saved by older PyTorch: it starts at 0,
+    as PyTorch itself does when it loads such files. Every other mismatch raises a
+    CheckpointError naming the missing keys, the unexpected keys and the shape mismatches,
+    instead of PyTorch's wall of text.
     """
     source = "state dict"
     if isinstance(path_or_dict, Mapping):
@@ -121,10 +146,16 @@ def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     else:
         source = str(path_or_dict)
         state_dict = read_state_dict(path_or_dict)
-    # The network's own tensors; a stored normalisation is not the network's to load.
-    state_dict = {k: v for k, v in strip_wrapper_prefixes(state_dict).items() if not k.startswith(_NORM_PREFIX)}
+    # The network's own tensors; a stored normalisation is not the network's to load (it is
+    # given when the network is built, `resnets.models.loading`), but a half-stored one is refused.
+    state_dict, _ = split_normalization(strip_wrapper_prefixes(state_dict), source)
+    if is_akamaster_layout(state_dict) and isinstance(model, ResNet):
+        state_dict = from_akamaster(state_dict, model)
 
     expected = model.state_dict()
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros_like(expected[key])
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = sorted(f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -139,20 +170,7 @@ def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[
     return model
 
 
-def load_weights_into(model: nn.Module, path: str | os.PathLike, expected_name: str | None = None,
-                      stride_in_1x1: bool | None = None) -> nn.Module:
-    """Load a weights file's network weights into `model`, checking the file describes the same network."""
-    config = read_weights_config(path)
-    if expected_name and config.get("name") not in (None, expected_name):
-        raise CheckpointError(f"{path} holds weights of {config['name']}, not {expected_name}")
-    if stride_in_1x1 is not None and _has_bottlenecks(model):
-        warn_if_stride_differs(config.get("stride_in_1x1"), stride_in_1x1, str(path))
-    return load_state_dict(model, path)
-
-
-def _has_bottlenecks(model: nn.Module) -> bool:
-    from .resnet import Bottleneck
-
+def has_bottlenecks(model: nn.Module) -> bool:
     return any(isinstance(m, Bottleneck) for m in model.modules())
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import tarfile
-import threading
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,45 +15,17 @@ from resnets.data.download import download_cifar10, safe_extract
 from resnets.errors import DataError
 
 
-class _Server:
-    def __init__(self, folder: Path) -> None:
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs) -> None:
-                super().__init__(*args, directory=str(folder), **kwargs)
-
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
-def server(cifar_targz: Path) -> Iterator[_Server]:
+def server(cifar_targz: Path, serve):
     """Serves the generated cifar-10-python.tar.gz from 127.0.0.1 on an ephemeral port."""
-    s = _Server(cifar_targz.parent)
-    yield s
-    s.close()
+    return serve(cifar_targz.parent)
 
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_download_extract_and_reuse(server: _Server, cifar_targz: Path, fake_cifar, tmp_path: Path) -> None:
+def test_download_extract_and_reuse(server, cifar_targz: Path, fake_cifar, tmp_path: Path) -> None:
     url = f"{server.url}/cifar-10-python.tar.gz"
     cache = tmp_path / "cache"
     folder = download_cifar10(cache, url=url, md5=_md5(cifar_targz))
@@ -73,7 +41,7 @@ def test_download_extract_and_reuse(server: _Server, cifar_targz: Path, fake_cif
     assert len(server.requests) == 1
 
 
-def test_corrupt_cached_archive_is_fetched_again(server: _Server, cifar_targz: Path, tmp_path: Path) -> None:
+def test_corrupt_cached_archive_is_fetched_again(server, cifar_targz: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "cifar-10-python.tar.gz").write_bytes(b"half a download")
@@ -82,7 +50,7 @@ def test_corrupt_cached_archive_is_fetched_again(server: _Server, cifar_targz: P
     assert len(server.requests) == 1
 
 
-def test_checksum_mismatch_keeps_nothing(server: _Server, tmp_path: Path) -> None:
+def test_checksum_mismatch_keeps_nothing(server, tmp_path: Path) -> None:
     url = f"{server.url}/cifar-10-python.tar.gz"
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="md5") as e:
@@ -91,7 +59,7 @@ def test_checksum_mismatch_keeps_nothing(server: _Server, tmp_path: Path) -> Non
     assert list(cache.iterdir()) == []
 
 
-def test_unreachable_or_missing_url(server: _Server, tmp_path: Path) -> None:
+def test_unreachable_or_missing_url(server, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="download failed") as e:
         download_cifar10(tmp_path / "c", url=f"{server.url}/no-such-file.tar.gz")
     assert "no-such-file.tar.gz" in str(e.value)
@@ -147,21 +115,18 @@ def test_safe_extract_allows_links_inside(tmp_path: Path) -> None:
     assert (tmp_path / "dest" / "cifar-10-batches-py" / "alias").read_bytes() == b"ok"
 
 
-def test_downloaded_archive_with_traversal_is_refused(tmp_path: Path) -> None:
+def test_downloaded_archive_with_traversal_is_refused(tmp_path: Path, serve) -> None:
     folder = tmp_path / "serve"
     folder.mkdir()
     archive = _tar_with(folder, tarfile.TarInfo("../evil"))
-    s = _Server(folder)
-    try:
-        with pytest.raises(DataError, match="outside"):
-            download_cifar10(tmp_path / "cache", url=f"{s.url}/{archive.name}", md5=_md5(archive))
-    finally:
-        s.close()
+    s = serve(folder)
+    with pytest.raises(DataError, match="outside"):
+        download_cifar10(tmp_path / "cache", url=f"{s.url}/{archive.name}", md5=_md5(archive))
     assert not (tmp_path / "evil").exists()
     assert not (tmp_path / "cache" / "cifar-10-batches-py").exists()
 
 
-def test_cli_subcommand(server: _Server, cifar_targz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_subcommand(server, cifar_targz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
     from resnets.data import download

@@ -1,6 +1,7 @@
 """Every listed network: shapes, gradients, state-dict round trips, counts (Tables 1 and 6)."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -219,8 +220,8 @@ def test_load_state_dict_accepts_wrapper_prefixes_and_names_mismatches(tmp_path)
 
     broken = dict(src.state_dict())
     broken.pop("fc.bias")
-    broken["linear.weight"] = broken.pop("fc.weight")
-    with pytest.raises(CheckpointError, match=r"missing keys: fc\.bias, fc\.weight.*unexpected keys: linear\.weight"):
+    broken["classifier.weight"] = broken.pop("fc.weight")  # (`linear` would be read as akamaster's layout)
+    with pytest.raises(CheckpointError, match=r"missing keys: fc\.bias, fc\.weight.*unexpected keys: classifier\.weight"):
         load_state_dict(create_model("cifar_resnet20"), broken)
     with pytest.raises(CheckpointError, match=r"shape mismatches: fc\.bias: file \(10,\) vs model \(100,\)"):
         load_state_dict(create_model("cifar_resnet20", num_classes=100), src.state_dict())
@@ -263,12 +264,18 @@ def test_weights_file_carries_config_and_normalisation(tmp_path):
         create_model("cifar_resnet56", weights=str(path))
 
 
-def test_v15_weights_into_paper_stride_network_warn(tmp_path):
-    v15 = create_model("resnet50", stride_in_1x1=False)
+def test_weights_build_their_own_stride_placement_and_warn_when_overridden(tmp_path):
+    v15 = create_model("resnet50", stride_in_1x1=False).eval()
     path = tmp_path / "v15.safetensors"
     save_weights(path, v15, {"name": "resnet50", "num_classes": 1000, "stride_in_1x1": False})
+    x = torch.rand(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = create_model("resnet50", weights=str(path)).eval()  # builds "v1.5", as recorded
+    assert torch.equal(loaded(x), v15(x))
     with pytest.warns(UserWarning, match="computation differs"):
-        create_model("resnet50", weights=str(path))
+        paper = create_model("resnet50", weights=str(path), stride_in_1x1=True).eval()
+    assert not torch.allclose(paper(x), v15(x))
 
 
 def test_forward_features_returns_stages_and_stops_early():
