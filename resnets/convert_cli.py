@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                               "the authors subtract, ResNet_mean.binaryproto)")
         config = convert_caffe_weights(args.prototxt, args.src, args.mean_file, args.dst)
     else:
-        from .models.convert import convert_weights
+        from .models.loading import convert_weights
 
         if args.prototxt or args.mean_file:
             raise ConfigError("--prototxt/--mean-file: only for Caffe models (SRC a .caffemodel)")

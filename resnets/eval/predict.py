@@ -28,7 +28,7 @@ __all__ = ["add_parser", "eval_view", "find_images", "network_from_args", "predi
 
 def network_from_args(model: str | None, weights: str | None, checkpoint: str | None):
     """(network, model config) from `--model NAME --weights TAG` or `--checkpoint FILE`."""
-    from ..models.convert import load_network
+    from ..models.loading import load_network
     from ..models.pretrained import tags_for
 
     if (weights is None) == (checkpoint is None):

@@ -1,8 +1,8 @@
 """The networks of the paper, their counts, and their weights files."""
 
 from .counting import count_flops, count_params
-from .factory import CIFAR_DEPTHS, IMAGENET_LAYOUTS, ModelSpec, create_model, list_models, model_spec
-from .loading import input_normalization, model_from_file
+from .factory import CIFAR_DEPTHS, IMAGENET_LAYOUTS, ModelSpec, list_models, model_spec
+from .loading import create_model, input_normalization, model_from_file
 from .normalize import Normalize
 from .resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut, make_shortcut, make_stage
 from .weights import load_state_dict, read_weights_config, read_weights_metadata, save_weights

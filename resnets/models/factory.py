@@ -1,4 +1,5 @@
-"""Model names -> networks. Every variant is one `ResNet` with different arguments.
+"""Model names -> what they mean (`model_spec`). Every variant is one `ResNet` with different
+arguments; `resnets.models.loading.create_model` builds one, with or without trained weights.
 
 ImageNet (Table 1):  resnet18/34/50/101/152, plain18/34/50/101/152.
 CIFAR-10 (Sec. 4.2): cifar_resnet{6n+2}, cifar_plain{6n+2} for any n >= 1.
@@ -6,13 +7,10 @@ CIFAR-10 (Sec. 4.2): cifar_resnet{6n+2}, cifar_plain{6n+2} for any n >= 1.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
-
-from torch import nn
 
 from .resnet import BasicBlock, Block, Bottleneck, ResNet, Shortcut
 
@@ -73,49 +71,3 @@ def list_models() -> list[str]:
     names = [f"{kind}{d}" for kind in ("resnet", "plain") for d in IMAGENET_LAYOUTS]
     names += [f"{kind}{d}" for kind in ("cifar_resnet", "cifar_plain") for d in CIFAR_DEPTHS]
     return names
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    shortcut: Shortcut | None = None,
-    stride_in_1x1: bool | None = None,
-    zero_init_residual: bool = False,
-    input_norm: nn.Module | None = None,
-    weights: str | os.PathLike | None = None,
-) -> ResNet:
-    """Build a network of the paper by name, optionally with trained weights.
-
-    shortcut: "A", "B" or "C" (Table 3); default B for ImageNet nets, A for CIFAR nets
-        (Sec. 4.2). Plain networks have none and refuse one.
-    stride_in_1x1: the paper's stride placement in bottlenecks (True, the default) or
-        "v1.5" (False). With `weights`, the default is the placement they were trained with.
-    input_norm: what the network applies to its input first (`Normalize`; see
-        `resnets.models.loading.input_normalization` for the kinds a config names).
-    weights: a tag of `resnets.models.pretrained` (e.g. "torchvision-imagenet1k-v1",
-        "akamaster-cifar10", "cifar10-jpeg"; downloaded and checked on first use), a
-        `model.safetensors` or training checkpoint written by resnets, or a checkpoint from
-        elsewhere in torchvision's or akamaster's layout (see `resnets.models.convert`).
-        The network then also gets the input normalisation the weights were trained with.
-    """
-    spec = model_spec(name)
-    if not spec.residual and shortcut is not None:
-        raise ValueError(f"{name} is a plain network (no shortcuts); shortcut={shortcut!r} does not apply")
-    if shortcut is not None and shortcut not in ("A", "B", "C"):
-        raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {shortcut!r}")
-    if weights is not None:
-        from .convert import load_network
-
-        if input_norm is not None:
-            raise ValueError("weights= brings the input normalisation stored with them; do not pass input_norm too")
-        model, _ = load_network(weights, name, num_classes=num_classes, shortcut=shortcut,
-                                stride_in_1x1=stride_in_1x1)
-        return model.train()
-    return spec.build(
-        num_classes=num_classes or spec.default_num_classes,
-        **({"shortcut": shortcut or spec.default_shortcut} if spec.residual else {}),
-        stride_in_1x1=True if stride_in_1x1 is None else stride_in_1x1,
-        zero_init_residual=zero_init_residual,
-        input_norm=input_norm,
-    )

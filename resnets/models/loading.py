@@ -1,4 +1,6 @@
-"""A network from a config or from a file, with the input normalisation it was trained with.
+"""A network from a config, a file or a pretrained-weights tag, with the input normalisation it
+was trained with: `create_model(name, weights=...)`, `model_from_file`, `load_network`, and
+`convert_weights` (behind `resnets convert`; the formats are those of `resnets.models.convert`).
 
 The normalisation is part of the network (`ResNet.input_norm`, applied first) and is given
 to it once, when it is built (`create_model(..., input_norm=...)`):
@@ -16,17 +18,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint
 from ..config import ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError
-from .factory import create_model, model_spec
+from .convert import Normalization, SourceFormat, build_network, convert_state_dict, registry_config
+from .factory import model_spec
 from .normalize import Normalize, NormalizationKind, split_normalization
-from .resnet import ResNet
-from .weights import load_state_dict, read_weights_config, read_weights_metadata
+from .pretrained import PretrainedWeights, find_by_sha256, is_tag, pretrained_weights, tags_for, weights_file
+from .resnet import ResNet, Shortcut
+from .weights import (
+    has_bottlenecks, load_state_dict, read_state_dict, read_weights_config, read_weights_metadata,
+    read_weights_normalization, save_weights, state_dict_from, strip_wrapper_prefixes, torch_load,
+    warn_if_stride_differs,
+)
 
 
 def input_normalization(kind: NormalizationKind, mean_image: Tensor | None = None) -> Normalize | None:
@@ -110,3 +118,147 @@ def model_from_file(path: str | os.PathLike) -> tuple[ResNet, dict[str, Any]]:
     load_state_dict(model, network)
     return model, {"model": {"name": m.name, "num_classes": num_classes}, "run": state["config"],
                    "iteration": state["iteration"]}
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    shortcut: Shortcut | None = None,
+    stride_in_1x1: bool | None = None,
+    zero_init_residual: bool = False,
+    input_norm: nn.Module | None = None,
+    weights: str | os.PathLike | None = None,
+) -> ResNet:
+    """Build a network of the paper by name, optionally with trained weights.
+
+    shortcut: "A", "B" or "C" (Table 3); default B for ImageNet nets, A for CIFAR nets
+        (Sec. 4.2). Plain networks have none and refuse one.
+    stride_in_1x1: the paper's stride placement in bottlenecks (True, the default) or
+        "v1.5" (False). With `weights`, the default is the placement they were trained with.
+    input_norm: what the network applies to its input first (`Normalize`; see
+        `resnets.models.loading.input_normalization` for the kinds a config names).
+    weights: a tag of `resnets.models.pretrained` (e.g. "torchvision-imagenet1k-v1",
+        "akamaster-cifar10", "cifar10-jpeg"; downloaded and checked on first use), a
+        `model.safetensors` or training checkpoint written by resnets, or a checkpoint from
+        elsewhere in torchvision's or akamaster's layout (see `resnets.models.convert`).
+        The network then also gets the input normalisation the weights were trained with.
+    """
+    spec = model_spec(name)
+    if not spec.residual and shortcut is not None:
+        raise ValueError(f"{name} is a plain network (no shortcuts); shortcut={shortcut!r} does not apply")
+    if shortcut is not None and shortcut not in ("A", "B", "C"):
+        raise ValueError(f"shortcut must be 'A', 'B' or 'C', got {shortcut!r}")
+    if weights is not None:
+        if input_norm is not None:
+            raise ValueError("weights= brings the input normalisation stored with them; do not pass input_norm too")
+        model, _ = load_network(weights, name, num_classes=num_classes, shortcut=shortcut,
+                                stride_in_1x1=stride_in_1x1)
+        return model.train()
+    return spec.build(
+        num_classes=num_classes or spec.default_num_classes,
+        **({"shortcut": shortcut or spec.default_shortcut} if spec.residual else {}),
+        stride_in_1x1=True if stride_in_1x1 is None else stride_in_1x1,
+        zero_init_residual=zero_init_residual,
+        input_norm=input_norm,
+    )
+
+
+def _is_training_checkpoint(obj: Any) -> bool:
+    """A checkpoint `resnets train` wrote (any version: with or without the old "normalize" entry)."""
+    return isinstance(obj, dict) and {"model", "config", "iteration"} <= set(obj)
+
+
+def convert_file(path: str | os.PathLike, *, source: SourceFormat = "auto", model: str | None = None,
+                 stride_in_1x1: bool | None = None, normalization: Normalization | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 known: PretrainedWeights | None = None) -> tuple[ResNet, dict[str, Any]]:
+    """A network from a checkpoint that is not a resnets weights file (see the module docstring).
+
+    A published file is recognised by its sha256 (`resnets.models.pretrained`) unless
+    `known` already says what it is.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state_dict = read_state_dict(path)
+    else:
+        obj = torch_load(path)
+        if _is_training_checkpoint(obj):
+            # The run's own normalisation (the per-pixel mean image) comes with it.
+            if normalization is not None or mean is not None or std is not None:
+                raise ConfigError(f"--normalization/--mean/--std: {path} is a resnets training checkpoint; its own "
+                                  "input normalisation is kept and cannot be replaced")
+            net, info = model_from_file(path)
+            run = info["run"]["model"]
+            if model and model != run["name"]:
+                raise CheckpointError(f"{path} holds weights of {run['name']}, not {model}")
+            if stride_in_1x1 is not None and has_bottlenecks(net) and stride_in_1x1 != run.get("stride_in_1x1", True):
+                raise ConfigError(f"--stride-in-1x1/--stride-in-3x3: {path} is a training checkpoint, loaded with the "
+                                  "stride placement it was trained with")
+            config = {"name": run["name"], "num_classes": info["model"]["num_classes"],
+                      "shortcut": run.get("shortcut") or model_spec(run["name"]).default_shortcut,
+                      "stride_in_1x1": run.get("stride_in_1x1", True),
+                      "normalization": net.input_norm.kind if net.input_norm else "none"}
+            return net.eval(), config
+        state_dict = state_dict_from(obj, path)
+    split_normalization(strip_wrapper_prefixes(state_dict), str(path))  # a half-stored one is named with its file
+    if known is None:
+        from ..data.download import file_digest
+
+        known = find_by_sha256(file_digest(path, "sha256"))
+    return convert_state_dict(state_dict, source=source, model=model, stride_in_1x1=stride_in_1x1,
+                              normalization=normalization, mean=mean, std=std, known=known)
+
+
+def _from_resnets_file(path: Path, config: dict[str, Any], name: str | None, num_classes: int | None,
+                       shortcut: str | None, stride_in_1x1: bool | None) -> tuple[ResNet, dict[str, Any]]:
+    if name and config["name"] != name:
+        raise CheckpointError(f"{path} holds weights of {config['name']}, not {name}")
+    recorded = config.get("stride_in_1x1")
+    placement = stride_in_1x1 if stride_in_1x1 is not None else (recorded if recorded is not None else True)
+    net = build_network(config["name"], num_classes or config.get("num_classes"), shortcut or config.get("shortcut"),
+                 placement, read_weights_normalization(path), config.get("stem"))
+    if stride_in_1x1 is not None and has_bottlenecks(net):
+        warn_if_stride_differs(recorded, stride_in_1x1, str(path))
+    load_state_dict(net, path)
+    return net.eval(), {**config, "stride_in_1x1": placement}
+
+
+def load_network(weights: str | os.PathLike, name: str | None = None, *, num_classes: int | None = None,
+                 shortcut: str | None = None, stride_in_1x1: bool | None = None) -> tuple[ResNet, dict[str, Any]]:
+    """A trained network (eval mode, with its normalisation) and its model config.
+
+    weights: a tag of `resnets.models.pretrained` for `name`, or a file (see the module
+    docstring). The config carries the class names and the evaluation resize/crop when
+    they are known (`class_names` or the training data's `classes`; `eval_resize`, `eval_crop`).
+    """
+    entry = pretrained_weights(name, str(weights)) if name and is_tag(name, weights) else None
+    if entry is not None:
+        path = weights_file(entry)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            tags = f"; known tags for {name}: {', '.join(tags_for(name)) or 'none'}" if name else ""
+            raise CheckpointError(f"weights {weights}: no such file, and not a pretrained weights tag{tags}")
+    config = read_weights_config(path)
+    if config.get("name"):
+        net, config = _from_resnets_file(path, config, name, num_classes, shortcut, stride_in_1x1)
+        if entry is not None:
+            config = {**registry_config(entry), **{k: v for k, v in config.items() if v is not None}}
+    else:
+        net, config = convert_file(path, model=name, stride_in_1x1=stride_in_1x1, known=entry)
+        for option, value in (("num_classes", num_classes), ("shortcut", shortcut)):
+            if value is not None and value != config[option]:
+                raise CheckpointError(f"{path}: the weights have {option}={config[option]!r}, not {value!r}")
+    return net, config
+
+
+def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Read a checkpoint from elsewhere (or a training checkpoint), convert it, write a resnets
+    `model.safetensors` (network, normalisation, config). Options are those of
+    :func:`convert_file`. Returns the stored model config."""
+    if str(src).endswith(".safetensors") and read_weights_config(src).get("name"):
+        raise CheckpointError(f"{src} is already a resnets weights file; load it with create_model(..., weights=)")
+    net, config = convert_file(src, **options)
+    save_weights(dst, net, config, metadata={"source_file": os.path.basename(os.fspath(src))})
+    return config

@@ -22,9 +22,9 @@ from resnets.cli import main
 from resnets.config import TrainConfig, to_dict
 from resnets.errors import CheckpointError, ConfigError
 from resnets.models import Normalize, create_model, load_state_dict, read_weights_config
-from resnets.models.convert import convert_state_dict, convert_weights
+from resnets.models.convert import convert_state_dict
+from resnets.models.loading import convert_weights, model_from_file
 from resnets.models.pretrained import CIFAR10_CLASSES
-from resnets.models.loading import model_from_file
 
 from reference_nets import AkamasterResNet, TorchvisionResNet50, randomize_bn
 

@@ -24,7 +24,7 @@ import torch
 from resnets.cli import main
 from resnets.errors import CheckpointError, DataError
 from resnets.models import Normalize, create_model, model_spec, save_weights
-from resnets.models.convert import load_network
+from resnets.models.loading import load_network
 from resnets.models.pretrained import CIFAR10_CLASSES, PRETRAINED, class_names, weights_file
 
 from reference_nets import TorchvisionResNet50, randomize_bn
