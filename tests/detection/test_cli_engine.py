@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnets.detection import engine
-from resnets.detection.cli import add_parser, run
+from resnets.cli.detect import add_parser, run
 from resnets.detection.data import SyntheticShapes, write_coco, write_voc
 from resnets.errors import CheckpointError, ConfigError, DataError
 

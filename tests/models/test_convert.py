@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnets import convert_cli
+from resnets.cli import convert as convert_cli
 from resnets.errors import CheckpointError, ConfigError
 from resnets.models import Normalize, create_model, read_weights_config
 from resnets.models.convert import convert_state_dict, convert_weights

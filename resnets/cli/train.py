@@ -81,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import train
+    from ..train.engine import train
 
     config = config_from_args(args)
     if args.print_config:

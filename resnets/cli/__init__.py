@@ -12,15 +12,15 @@ import sys
 
 import torch
 
-from . import __version__
-from .errors import ResnetsError
+from .. import __version__
+from ..errors import ResnetsError
 
 
 # --- resnets models ----------------------------------------------------------------------
 
 def model_rows() -> list[dict]:
     """One row per listed model: depth, shortcut, params and multiply-adds at its natural size."""
-    from .models import count_flops, count_params, create_model, model_spec, list_models
+    from ..models import count_flops, count_params, create_model, model_spec, list_models
 
     rows = []
     for name in list_models():
@@ -38,7 +38,7 @@ def model_rows() -> list[dict]:
 
 def run_models(args: argparse.Namespace) -> int:
     if args.table1:
-        from .analysis.tables import architecture_tables
+        from ..analysis.tables import architecture_tables
 
         print(architecture_tables())
         return 0
@@ -77,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_models_parser(subparsers)
-    from . import convert_cli, export_cli
-    from .analysis import cli as analysis_cli
-    from .data import download
-    from .detection import cli as detect_cli
-    from .eval import cli as eval_cli
-    from .train import cli as train_cli
+    from . import analysis as analysis_cli
+    from . import convert as convert_cli
+    from . import detect as detect_cli
+    from . import download
+    from . import eval as eval_cli
+    from . import export as export_cli
+    from . import train as train_cli
 
     download.add_parser(subparsers)
     train_cli.add_parser(subparsers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -21,7 +21,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .models.convert import convert_weights
+    from ..models.convert import convert_weights
 
     if args.stride_in_1x1 and args.stride_in_3x3:
         raise ConfigError("--stride-in-1x1 and --stride-in-3x3 exclude each other")

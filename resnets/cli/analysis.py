@@ -33,8 +33,8 @@ def parse_depths(text: str) -> list[int]:
 # --- resnets reproduce ---------------------------------------------------------------------
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ..train.cli import overrides_from_args
-    from .reproduce import reproduce_cifar10
+    from .train import overrides_from_args
+    from ..analysis.reproduce import reproduce_cifar10
 
     overrides = overrides_from_args(args, PASSTHROUGH_FLAGS)
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
@@ -46,7 +46,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def add_reproduce_parser(subparsers) -> None:
-    from ..train.cli import add_config_flags
+    from .train import add_config_flags
 
     p = subparsers.add_parser(
         "reproduce", help="run a table's experiments and write a report with figures",
@@ -72,8 +72,8 @@ def add_reproduce_parser(subparsers) -> None:
 # --- resnets plot --------------------------------------------------------------------------
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_training_curves
-    from .runs import load_run
+    from ..analysis.plots import plot_training_curves
+    from ..analysis.runs import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
     out = plot_training_curves(runs, args.out, args.title, ymax=args.ymax)
@@ -97,8 +97,8 @@ def add_plot_parser(subparsers) -> None:
 # --- resnets analyze -----------------------------------------------------------------------
 
 def run_responses(args: argparse.Namespace) -> int:
-    from .plots import plot_responses
-    from .responses import measure_checkpoints
+    from ..analysis.plots import plot_responses
+    from ..analysis.responses import measure_checkpoints
 
     out = Path(args.out)
     results = measure_checkpoints(args.checkpoint, args.data, args.images, args.val_size, args.split_seed,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .metrics import TopKAccumulator
+from ..eval.metrics import TopKAccumulator
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torc
     from pathlib import Path
 
     from ..data.imagenet import ImageFolder
-    from .tta import evaluate, protocol_transform
+    from ..eval.tta import evaluate, protocol_transform
 
     if split not in ("val", "train"):
         raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # fp32 logits of the same network through two runtimes differ by summation order only;
 # measured 4e-6 on a trained ResNet-20 and 5e-5 on a random-init ResNet-50 at 224.
@@ -20,9 +20,9 @@ MAX_ABS_DIFF = 1e-3
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import model_spec
-    from .models.onnx_export import check_onnx, export_onnx
-    from .train.checkpoint import model_from_file
+    from ..models import model_spec
+    from ..models.onnx_export import check_onnx, export_onnx
+    from ..train.checkpoint import model_from_file
 
     model, info = model_from_file(args.checkpoint)
     name = info["model"]["name"]
