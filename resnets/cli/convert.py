@@ -8,9 +8,10 @@ See `resnets.models.convert` for the formats understood.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from ..errors import ConfigError
+from .options import add_json, report
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -26,9 +27,14 @@ def run(args: argparse.Namespace) -> int:
     if args.stride_in_1x1 and args.stride_in_3x3:
         raise ConfigError("--stride-in-1x1 and --stride-in-3x3 exclude each other")
     stride_in_1x1 = True if args.stride_in_1x1 else (False if args.stride_in_3x3 else None)
-    config = convert_weights(args.src, args.dst, source=args.format, model=args.model, stride_in_1x1=stride_in_1x1,
+    if args.dst is not None:
+        print("resnets: convert SRC DST is deprecated; use convert SRC --out DST", file=sys.stderr)
+    out = args.out or args.dst
+    if out is None:
+        raise ConfigError("--out is required: the resnets weights file to write")
+    config = convert_weights(args.src, out, source=args.format, model=args.model, stride_in_1x1=stride_in_1x1,
                              normalization=args.normalization, mean=args.mean, std=args.std)
-    print(json.dumps({"written": args.dst, "model": config}))
+    report(args, {"written": out, "model": config}, f"wrote {out} ({config['name']})")
     return 0
 
 
@@ -36,7 +42,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert torchvision or akamaster CIFAR ResNet weights",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a .pth/.pt state dict (bare, or under 'state_dict'/'model') or a .safetensors file")
-    p.add_argument("dst", help="the resnets weights file to write, e.g. model.safetensors")
+    p.add_argument("dst", nargs="?", help=argparse.SUPPRESS)  # the spelling before --out, still accepted
+    p.add_argument("--out", metavar="FILE", help="the resnets weights file to write, e.g. model.safetensors")
     p.add_argument("--format", choices=["auto", "torchvision", "akamaster"], default="auto",
                    help="auto: classifier 'fc' means torchvision, 'linear' means akamaster/pytorch_resnet_cifar10")
     p.add_argument("--model", metavar="NAME", help="resnets model name (default: inferred from the layers)")
@@ -48,4 +55,5 @@ def add_parser(subparsers) -> None:
                    help="input normalisation the weights were trained with (default: ImageNet channel mean/std)")
     p.add_argument("--mean", type=_floats, metavar="R,G,B", help="channel mean for pixels in [0, 1]")
     p.add_argument("--std", type=_floats, metavar="R,G,B", help="channel std for pixels in [0, 1]")
+    add_json(p)
     p.set_defaults(func=run)

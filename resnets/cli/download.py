@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import argparse
 
 from ..data.download import OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
+from .options import add_json, add_out, report, require
 
 
-def add_parser(subparsers) -> None:  # type: ignore[no-untyped-def]
-    """`resnets download-cifar10 --dir DIR [--url URL --md5 MD5]` (for the lead's cli.py)."""
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "download-cifar10", help="download and extract the official CIFAR-10 python archive (md5-checked)"
-    )
-    parser.add_argument("--dir", required=True, type=Path, help="folder to keep the archive and cifar-10-batches-py/ in")
+        "download-cifar10", help="download and extract the official CIFAR-10 python archive (md5-checked)",
+        description="Download the official CIFAR-10 python archive, check its md5 and extract "
+                    "cifar-10-batches-py/ next to it. Interrupted downloads leave nothing half-written; "
+                    "a second call reuses what is there. Prints the folder to pass as --data.")
+    add_out(parser, "folder to keep the archive and cifar-10-batches-py/ in", metavar="DIR", old="--dir")
     parser.add_argument("--url", default=OFFICIAL_URL, help="archive URL (default: the official one)")
-    parser.add_argument("--md5", default=OFFICIAL_MD5, help="expected md5 of the archive")
+    parser.add_argument("--md5", default=OFFICIAL_MD5, help="expected md5 of the archive (default: the official one)")
+    add_json(parser)
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:  # type: ignore[no-untyped-def]
-    """Run the `download-cifar10` subcommand; prints the folder to pass as --data."""
-    print(download_cifar10(args.dir, url=args.url, md5=args.md5))
+def run(args: argparse.Namespace) -> int:
+    folder = download_cifar10(require(args, "out", "--out"), url=args.url, md5=args.md5)
+    report(args, {"data": str(folder)}, str(folder))
     return 0

@@ -9,70 +9,17 @@ convolutional over shorter sides {224, 256, 384, 480, 640}, with flips). Several
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from ..errors import ConfigError
-from ..eval.metrics import TopKAccumulator
+from ..eval.evaluate import evaluate_cifar, evaluate_imagenet
+from .options import add_checkpoints, add_device, add_json, report
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
     run = info.get("run") or {}
     data = run.get("data", {})
     return {"dataset": data.get("dataset"), "val_size": data.get("val_size"), "split_seed": data.get("split_seed")}
-
-
-@torch.no_grad()
-def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int, device: torch.device,
-                   precision: str, batch_size: int = 500, cache_dir: str | None = None) -> dict[str, Any]:
-    from ..data.cifar import EvalBatches, load_cifar10
-
-    data = load_cifar10(path, split, val_size, split_seed, cache_dir)
-    acc = TopKAccumulator((1, 5), device=device)
-    for m in models:
-        m.eval().to(device, memory_format=torch.channels_last)
-    for x, y in EvalBatches(data.images, data.labels, batch_size, device):
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            probs = torch.stack([F.softmax(m(x).float(), dim=1) for m in models]).mean(0)
-        acc.update(probs, y)
-    result = acc.compute()
-    result.update(split=split, dataset="cifar10", data=data.source)
-    return result
-
-
-def imagenet_classes(path: str, model_classes: list[str] | None) -> list[str] | None:
-    """The class order the labels must follow: the model's training classes if it recorded them,
-    else ROOT/train's folders (val may lack some classes), else None (val's own folders)."""
-    import os
-
-    if model_classes:
-        return list(model_classes)
-    train = os.path.join(path, "train")
-    if os.path.isdir(train):
-        return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
-    return None
-
-
-def evaluate_imagenet(models, path: str, split: str, protocol: str, device: torch.device, batch_size: int,
-                      workers: int, skip_bad_images: bool, classes: list[str] | None = None) -> dict[str, Any]:
-    from pathlib import Path
-
-    from ..data.imagenet import ImageFolder
-    from ..eval.tta import evaluate, protocol_transform
-
-    if split not in ("val", "train"):
-        raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")
-    dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol),
-                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images)
-    # The models carry their own input normalisation; the protocols hand them [0, 1] floats.
-    result = evaluate(list(models), [lambda x: x] * len(models), dataset, protocol, batch_size, device,
-                      num_workers=workers)
-    result.update(split=split, dataset="imagenet", protocol=protocol)
-    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,31 +43,31 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, device, args.batch_size,
                                    args.workers, args.skip_bad_images, loaded[0][1]["model"].get("classes"))
     result["checkpoints"] = list(args.checkpoint)
-    if not args.json:
-        print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
-              f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
-    else:
-        print(json.dumps(result))
+    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
+                         f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
     return 0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 error of trained networks on a data split",
-                              description=__doc__)
-    p.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
-                   help="a training checkpoint (.pt) or a model.safetensors; repeat for an ensemble")
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoints(p, "a training checkpoint (.pt) or a model.safetensors; repeat --checkpoint for an ensemble "
+                       "(softmax scores averaged, Table 5)")
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
-    p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train")
+    p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train "
+                                                  "(default: %(default)s)")
     p.add_argument("--tta", choices=["center", "10crop", "multiscale"], default="center",
-                   help="ImageNet test-time protocol (Sec. 3.4)")
+                   help="ImageNet test-time protocol (Sec. 3.4; default: %(default)s)")
     p.add_argument("--val-size", type=int, help="CIFAR-10: held-out images (default: as in training)")
     p.add_argument("--split-seed", type=int, help="CIFAR-10: split seed (default: as in training)")
-    p.add_argument("--cache-dir", help="where decoded-data caches live")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--skip-bad-images", action="store_true")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--cache-dir", help="where decoded-data caches live (default: $RESNETS_CACHE or ~/.cache/resnets)")
+    p.add_argument("--batch-size", type=int, default=50, help="ImageNet: images per batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=4, help="ImageNet: decoding processes (default: %(default)s)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="ImageNet: count and skip unreadable images instead of stopping")
+    add_device(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it; default: %(default)s)")
+    add_json(p)
     p.set_defaults(func=run)

@@ -15,8 +15,6 @@ sampling order is a pure function of seed and iteration).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import hflip, load_image
 from resnets.detection.model import FasterRCNN, build_detector
-from resnets.errors import CheckpointError, TrainingDiverged
+from resnets.errors import CheckpointError, ConfigError, TrainingDiverged
+from resnets.models.weights import atomic_write, load_torch_file
+from resnets.run_dir import (RunLock, append_history, config_changes, describe_changes, describe_failed_write,
+                             non_finite, optimizer_tensors, prepare_run_dir)
 
 __all__ = [
     "train",
@@ -52,24 +53,35 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Settings a resumed run may change (how long and how fast it trains, how it logs, how it
+# is evaluated); any other change would make it a different experiment and is refused.
+RESUME_CHANGEABLE = frozenset({
+    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device",
+    "backbone_weights",  # read only when a run starts; a resumed run takes its weights from the checkpoint
+    # inference only
+    "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_threshold", "nms", "detections_per_image",
+    "box_refinement", "box_voting_iou", "test_scales", "voc07_metric",
+})
+
+
 # -------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """temp file in the same folder + fsync + os.replace: a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Temp file in the same folder + fsync + os.replace: a crash never leaves a torn file,
+    and a failed write (a full disk) leaves the previous file as it was."""
+
+    def write(tmp: str) -> None:
+        try:
+            torch.save(obj, tmp)
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(describe_failed_write(path, e)) from None
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path: str | Path, model: FasterRCNN, optimizer: torch.optim.Optimizer | None = None,
                     iteration: int = 0, extra: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically; TrainingDiverged (nothing written) if any weight or
+    optimizer state is NaN or inf."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -81,6 +93,10 @@ def save_checkpoint(path: str | Path, model: FasterRCNN, optimizer: torch.optim.
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra or {},
     }
+    bad = non_finite([*state["model"].items(), *optimizer_tensors(state["optimizer"] or {})])
+    if bad:
+        raise TrainingDiverged(f"{len(bad)} weight or optimizer tensors hold NaN or inf ({', '.join(bad[:3])}); "
+                               f"{path} was not written from them")
     _atomic_torch_save(state, Path(path))
 
 
@@ -89,10 +105,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of any kind: the file is not a checkpoint
-        raise CheckpointError(f"checkpoint {p} cannot be read: {type(e).__name__}: {e}") from None
+    state = load_torch_file(p, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p} is not a resnets detection checkpoint (written by `resnets detect train`)")
     return state
@@ -172,6 +185,19 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
+def saved_config(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config of the run in `run_dir` (from its checkpoint) and the data it trained on
+    (from its config.yaml): what a resume starts from."""
+    run = Path(run_dir)
+    ckpt = run / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise CheckpointError(f"cannot resume: {ckpt} does not exist")
+    data: dict[str, Any] = {}
+    if (run / "config.yaml").is_file():
+        data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
+    return load_checkpoint(ckpt)["config"], data
+
+
 def train(
     cfg: DetectionConfig,
     dataset: Dataset,
@@ -184,23 +210,39 @@ def train(
 ) -> FasterRCNN:
     """Train end to end (approximate joint training) for ``cfg.iterations`` iterations.
 
-    Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``.
-    With ``resume`` an existing last.pt is continued (config taken from the
-    checkpoint, except ``iterations`` which may be raised). ``model`` replaces the
-    network built from ``cfg.arch`` (e.g. a custom ResNet; its config must be ``cfg``)."""
+    Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``, which one
+    process at a time may write (``RUN_DIR/run.lock``). With ``resume`` the run continues
+    from last.pt; settings in ``RESUME_CHANGEABLE`` may differ from the checkpoint's (they
+    are printed and appended to config_history.jsonl), any other difference is refused, and
+    a finished run is left untouched. ``model`` replaces the network built from
+    ``cfg.arch`` (e.g. a custom ResNet; its config must be ``cfg``)."""
     run = Path(run_dir)
+    if resume and not run.is_dir():
+        raise CheckpointError(f"cannot resume: {run} does not exist")
+    with RunLock(prepare_run_dir(run)):
+        return _train(cfg, dataset, run, resume, data_info, log, model)
+
+
+def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data_info: dict[str, Any] | None,
+           log: Callable[[str], None] | None, model: FasterRCNN | None) -> FasterRCNN:
+    say = log or (lambda _: None)
     ckpt_path = run / "checkpoints" / "last.pt"
     start = 0
     state = None
-    if resume and ckpt_path.is_file():
+    changes: dict[str, list[Any]] = {}
+    if resume:
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"cannot resume: {ckpt_path} does not exist")
         state = load_checkpoint(ckpt_path)
         saved = DetectionConfig.from_dict(state["config"], source=str(ckpt_path))
-        cfg = saved.replace(iterations=cfg.iterations)
+        changes = config_changes(saved.to_dict(), cfg.to_dict())
+        refused = {k: v for k, v in changes.items() if k not in RESUME_CHANGEABLE}
+        if refused:
+            raise ConfigError(f"refusing to resume {run}: settings differ from the checkpoint's: "
+                              f"{describe_changes(refused)}; start a new run directory instead")
         start = int(state["iteration"])
     elif ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path} exists; pass resume to continue it or choose a new run directory")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"detection": cfg.to_dict(), "data": data_info or {}}, sort_keys=False))
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -210,11 +252,26 @@ def train(
 
         model.load_state_dict(state["model"])
         model.normalize = Normalize(state["normalize"]["mean"], state["normalize"]["std"])
+        if start >= cfg.iterations:
+            say(f"{run} is finished (iteration {start} of {cfg.iterations}); its results are unchanged. "
+                "Pass a larger --iters to extend it.")
+            return model.to(device).eval()
+        say(f"resuming {run} at iteration {start} of {cfg.iterations}"
+            + (f"; settings changed from here on: {describe_changes(changes)}" if changes else ""))
+    text = yaml.safe_dump({"detection": cfg.to_dict(), "data": data_info or {}}, sort_keys=False)
+    atomic_write(run / "config.yaml", lambda tmp: Path(tmp).write_text(text))
+    append_history(run, "resume" if resume else "start", start, cfg.to_dict(), changes, data=data_info or {})
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state is not None and state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
+    last_good = start if state is not None else None
+
+    def diverged(what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint is {ckpt_path} (iteration {last_good})" if last_good is not None
+                else "no checkpoint had been written yet")
+        return TrainingDiverged(f"{what}; stopping: {kept}")
 
     metrics_path = run / "metrics.jsonl"
     n = len(dataset)
@@ -238,7 +295,7 @@ def train(
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at iteration {it}; last good checkpoint: {ckpt_path}")
+            raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -251,12 +308,15 @@ def train(
                       "elapsed_s": round(time.perf_counter() - t0, 3)}
             record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
             _append_jsonl(metrics_path, record)
-            if log:
-                log(f"iter {done}/{cfg.iterations} loss {record['loss']:.4f} lr {lr:.5f}")
+            say(f"iter {done}/{cfg.iterations} loss {record['loss']:.4f} lr {lr:.5f}")
             running, count = {}, 0
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            save_checkpoint(ckpt_path, model, opt, done)
-    if start >= cfg.iterations and not ckpt_path.is_file():
+            try:
+                save_checkpoint(ckpt_path, model, opt, done)
+            except TrainingDiverged as e:
+                raise diverged(f"at iteration {done} (lr {lr:g}) {e}") from None
+            last_good = done
+    if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
         save_checkpoint(ckpt_path, model, opt, start)
     return model.eval()
 

@@ -53,6 +53,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)`, with one line saying why a file is refused.
+
+    torch's own messages run over several lines and advise `weights_only=False`, which
+    would execute whatever the file holds; a file that needs it is never loaded here.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, refused globals
+        raise CheckpointError(f"{what} {path} {_refusal_reason(e)}") from None
+
+
+def _refusal_reason(error: Exception) -> str:
+    import re
+
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"is refused: it asks to import the Python object {found.group(1)}, and only tensors and plain "
+                "values are ever loaded (nothing in it was run)")
+    found = re.search(r"reading zip archive: ([^.]+)", text)
+    if found:
+        return f"is corrupt or truncated (its zip container: {found.group(1)})"
+    if "Unsupported operand" in text or isinstance(error, (EOFError, ValueError)) or "pickle" in type(error).__name__.lower():
+        return "is corrupt or truncated, or not a PyTorch file of tensors and plain values"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"cannot be read ({type(error).__name__}: {first[:160]})"
+
+
 def save_weights(path: str | os.PathLike, model: nn.Module, model_config: Mapping[str, Any],
                  metadata: Mapping[str, Any] | None = None) -> None:
     """Write the network, its normalisation and its config as one safetensors file."""
@@ -103,10 +132,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncation, refused globals: all one message
-        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    obj = load_torch_file(path, "weights file")
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -7,9 +7,12 @@ validation set sharded over processes without duplicates.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +37,25 @@ class RunData:
     classes: list[str]
     mean_image: Tensor  # (3, H, W) in [0, 1]: the per-pixel mean of the training images
     description: str
+    fingerprint: str  # the data's content, wherever it lives (see `data_fingerprint`); checked on resume
+
+
+def data_fingerprint(*parts: Tensor | np.ndarray | Sequence[str]) -> str:
+    """sha256 over arrays (dtype, shape, bytes) and lists of names: equal for the same data
+    wherever it is stored and in whichever layout (pickles, archive or PNG folders decode to
+    the same arrays), different for different images, labels or classes. CIFAR-10's 50k
+    images hash in about 0.2 s."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            part = part.cpu().numpy()
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part)
+            digest.update(f"{part.dtype.str}{part.shape}".encode())
+            digest.update(memoryview(part).cast("B"))
+        else:
+            digest.update(json.dumps(list(part)).encode())
+    return "sha256:" + digest.hexdigest()
 
 
 class CifarStream:
@@ -81,21 +103,23 @@ def build_cifar(config: TrainConfig, runtime: Runtime) -> RunData:
     d = config.data
     train_split = "trainval" if d.val_size == 0 else "train"
     train = load_cifar10(path, train_split, d.val_size, d.split_seed, d.cache_dir)
+    val = load_cifar10(path, "val", d.val_size, d.split_seed, d.cache_dir) if d.val_size > 0 else None
+    fingerprint = data_fingerprint(train.images, train.labels, train.classes,
+                                   *((val.images, val.labels) if val is not None else ()))
     if d.train_size is not None:
         train = stratified_subset(train, d.train_size, d.split_seed)
     mean = per_pixel_mean(train.images)
     batches = CifarBatches(train.images, train.labels, config.optim.batch_size, config.seed, runtime.device,
                            augment=d.augment != "none", pad_value=mean)
     per_process_batch(config, runtime)
-    if d.val_size > 0:
-        val = load_cifar10(path, "val", d.val_size, d.split_seed, d.cache_dir)
+    if val is not None:
         # Strided shards: every validation image is scored exactly once across processes.
         share = slice(runtime.rank, None, runtime.world_size)
         val_batches = EvalBatches(val.images[share], val.labels[share], 500, runtime.device)
     else:
         val_batches = None
     return RunData(CifarStream(batches, runtime), val_batches, len(train.classes), train.classes, mean,
-                   train.source)
+                   train.source, fingerprint)
 
 
 def build_run_data(config: TrainConfig, runtime: Runtime) -> RunData:

@@ -36,7 +36,7 @@ from ..config import TrainConfig
 from ..data.imagenet import ImageFolder, imagenet_datasets, imagenet_loader
 from ..data.transforms import compute_mean_image, eval_transform, pca_lighting, train_transform
 from ..errors import ConfigError
-from .data import RunData, per_process_batch
+from .data import RunData, data_fingerprint, per_process_batch
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -232,4 +232,7 @@ def build_imagenet(config: TrainConfig, runtime: Runtime, *, crop: int = CROP,
     val_loader = imagenet_loader(val, per_rank, sampler=shard, num_workers=d.workers)
     description = (f"ImageNet folders {d.path} ({len(train)} train / {len(val)} val images, "
                    f"{len(train.classes)} classes, augment {d.augment})")
-    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean, description)
+    # The file listing, not the pixels: hashing ImageNet's 140 GB would take longer than an epoch.
+    fingerprint = data_fingerprint(train.relative_paths, train.targets, train.classes, val.relative_paths, val.targets)
+    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean, description,
+                   fingerprint)
