@@ -60,8 +60,10 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system (Windows): runs there are not locked
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,8 +72,8 @@ class RunLock:
             os.close(fd)
             raise RunDirectoryBusy(f"{self.path.parent} is in use by {holder}; wait for it to end or stop it "
                                    "(the lock is released when that process exits)") from None
-        holder = (f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} "
-                  f"({' '.join(sys.argv[:1] + sys.argv[1:3])} ...)")
+        command = " ".join([Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:3]])
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({command} ...)"
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode() + b"\n", 0)
         self._fd = fd

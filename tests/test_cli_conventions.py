@@ -97,7 +97,14 @@ def test_json_is_one_object_on_the_last_line(tmp_path, capsys, tiny_cifar):
     assert main(["train", "--resume", "--out", str(out)]) == 0  # without --json: words, not JSON
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("resnets train: cifar_resnet8 finished at iteration 2")
-    assert main(["convert", str(out / "model.safetensors"), "--out", str(tmp_path / "c.safetensors"), "--json"]) == 0
+    import torch
+
+    from resnets import create_model
+
+    # a CIFAR ResNet as the common CIFAR repositories save it ('module.' prefix, 'linear' classifier)
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in create_model("cifar_resnet8").state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "r8.th")
+    assert main(["convert", str(tmp_path / "r8.th"), "--out", str(tmp_path / "c.safetensors"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == str(tmp_path / "c.safetensors")
     assert main(["plot", str(out), "--out", str(tmp_path / "fig.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"written": str(tmp_path / "fig.png")}

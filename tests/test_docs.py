@@ -108,7 +108,13 @@ def test_readme_quick_start_and_outputs_run(tiny_cifar, tmp_path, monkeypatch, c
         return [a.replace(CIFAR_ARCHIVE, data) for a in argv_of(command)]
 
     assert "cifar_resnet1202" in run(doc("resnets models"), capsys)
-    run(doc("resnets train --model cifar_resnet20") + ["--iters", "2", "--milestones", "1", *SHORT], capsys)
+    run(doc("resnets train --model cifar_resnet20") + ["--iters", "2", "--milestones", "1", "--checkpoint-every", "1",
+                                                      *SHORT], capsys)
+    # README's table of the run directory names every file a run writes (previous.pt included).
+    written = {p.relative_to("runs/r20").as_posix() for p in Path("runs/r20").rglob("*") if p.is_file()}
+    readme_text = (REPO / "README.md").read_text()
+    assert written >= {"checkpoints/previous.pt", "run.lock", "config_history.jsonl"}
+    assert all(f"`{name}`" in readme_text for name in written), written
     out = run(doc("resnets train --resume --out runs/r20") + ["--iters", "3", "--milestones", "1"], capsys)
     assert "resuming runs/r20 at iteration 2 of 3" in out
     assert "top-1 error" in run(doc("resnets eval --checkpoint runs/r20/model.safetensors") + ["--device", "cpu"],

@@ -76,6 +76,9 @@ def test_resume_finished_changed_and_locked(tmp_path):
     with RunLock(run):
         with pytest.raises(RunDirectoryBusy, match=f"in use by pid {os.getpid()}"):
             engine.train(CFG.replace(iterations=6), DATA, run, model=tiny_detector(), resume=True, log=None)
+    with pytest.raises(CheckpointError, match="cannot resume: .*never-trained does not exist"):
+        engine.train(CFG, DATA, tmp_path / "never-trained", model=tiny_detector(), resume=True, log=None)
+    (tmp_path / "never-trained").mkdir()  # used to start afresh, silently
     with pytest.raises(CheckpointError, match="cannot resume: .*last.pt does not exist"):
         engine.train(CFG, DATA, tmp_path / "never-trained", model=tiny_detector(), resume=True, log=None)
 
