@@ -9,6 +9,7 @@ alone continues a run, and flags given with it change the run from there on.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -128,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     summary = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, one process reports
     val = summary.get("val_error")
     report(args, summary, f"resnets train: {summary['model']} finished at iteration {summary['iteration']}: "
                           + (f"validation error {val:.2f}%" if val is not None else "no validation split")
