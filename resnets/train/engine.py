@@ -38,6 +38,7 @@ from .metrics_log import MetricsLog, read_metrics
 from .progress import ProgressBar
 from .runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
 from .schedule import LrSchedule
+from .stats import RunningStats
 
 WARMUP_CHECK_EVERY = 10  # iterations between warm-up checks (Sec. 4.2: warm-up lasts ~400)
 
@@ -67,6 +68,23 @@ def model_config_dict(config: TrainConfig, num_classes: int, classes: list[str])
     return {"name": config.model.name, "num_classes": config.model.num_classes or num_classes,
             "shortcut": config.model.shortcut or spec.default_shortcut, "stride_in_1x1": config.model.stride_in_1x1,
             "normalization": config.model.normalization, "classes": classes}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+               runtime: Runtime) -> tuple[Tensor, Tensor]:
+    """One SGD step on the batch (x, y); returns the detached loss and logits (no host sync).
+
+    The whole of what an iteration computes: forward under the run's autocast, cross-entropy
+    on the softmax, backward, SGD with momentum and weight decay (Sec. 3.4). The benchmarks
+    time this function, so what they measure is what trains.
+    """
+    with runtime.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
 
 
 @torch.no_grad()
@@ -177,17 +195,13 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                                 weight_decay=config.optim.weight_decay)
     schedule = LrSchedule.for_model(config.optim, model_spec(config.model.name).depth)
     step = 0
-    window = torch.zeros(4, device=rt.device, dtype=torch.float64)  # loss sum, errors, images, steps
-    first_bad = torch.zeros((), device=rt.device, dtype=torch.float64)  # first non-finite step + 1 (0: none)
-    warm = torch.zeros(2, device=rt.device, dtype=torch.float64)  # errors, images since the last warm-up check
+    stats = RunningStats.zeros(rt.device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         step = int(checkpoint["iteration"])
-        window = checkpoint["window"].to(rt.device)
-        first_bad = checkpoint["first_bad"].to(rt.device)
-        warm = checkpoint["warmup_window"].to(rt.device)
+        stats.load_state_dict(checkpoint)
         set_rng_state(checkpoint["rng"])
 
     if config.sync_bn and rt.distributed:
@@ -245,7 +259,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             path = save_checkpoint(run_dir, {
                 "iteration": iteration, "config": to_dict(config), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "window": window.cpu(), "first_bad": first_bad.cpu(), "warmup_window": warm.cpu(), "rng": rng_state(),
+                **stats.state_dict(), "rng": rng_state(),
                 "normalize": {"mean": data.mean_image.cpu()}, "data_fingerprint": data.fingerprint,
             })
             last_good = (iteration, path)
@@ -278,34 +292,17 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = new_lr
             lr = new_lr
-        with rt.autocast():
-            logits = train_model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        with torch.no_grad():
-            loss_d = loss.detach().double()
-            errors = (logits.detach().argmax(1) != y).sum().double()
-            window[0] += loss_d
-            window[1] += errors
-            window[2] += len(y)
-            window[3] += 1
-            # Remember the first iteration whose loss was not finite, without a host sync.
-            bad = (~torch.isfinite(loss_d)) & (first_bad == 0)
-            first_bad = torch.where(bad, torch.full_like(first_bad, step + 1), first_bad)
-            warm[0] += errors
-            warm[1] += len(y)
+        loss, logits = train_step(train_model, optimizer, x, y, rt)
+        stats.update(step, loss, logits, y)
         step += 1
         images_window += len(y) * rt.world_size
         if progress is not None:
-            progress.tick(loss.detach(), lr)
+            progress.tick(loss, lr)
 
         if schedule.warmup_active and step % WARMUP_CHECK_EVERY == 0:
-            w = reduced(warm)
+            w = reduced(stats.warmup_window())
             recent_error = 100.0 * float(w[0] / w[1])
-            warm.zero_()
+            stats.reset_warmup()
             if schedule.observe_train_error(step, recent_error):
                 log.write({"event": "warmup_end", "iteration": step, "train_error": recent_error})
 
@@ -315,19 +312,19 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         save_now = step % config.checkpoint_every == 0 or eval_now or is_last
         if log_now or eval_now or save_now:
             # The one host sync of a window: stop before anything diverged is saved or evaluated.
-            bad_step = first_bad.clone()
+            bad_step = stats.first_bad.clone()
             if rt.distributed:
                 dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
             if bad_step > 0:
                 raise stop(f"the training loss became non-finite at iteration {int(bad_step)} (lr {lr:g})")
         if log_now:
-            w = reduced(window).clone()
+            w = reduced(stats.window())
             elapsed = time.perf_counter() - t_window
             log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
                        "lr": lr, "train_loss": float(w[0] / w[3]),
                        "train_error": 100.0 * float(w[1] / max(w[2], 1)),
                        "images_per_s": round(images_window / max(elapsed, 1e-9), 1), **bad_images()})
-            window.zero_()
+            stats.reset_window()
             t_window, images_window = time.perf_counter(), 0
 
         if eval_now:
