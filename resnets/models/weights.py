@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -66,8 +67,6 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
 
 
 def _refusal_reason(error: Exception) -> str:
-    import re
-
     text = str(error)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
