@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
@@ -296,11 +296,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(file: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                   preset: str | None = None) -> TrainConfig:
-    """Preset defaults, then a YAML file, then dotted CLI overrides."""
+                   preset: str | None = None, base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Preset defaults, then `base` (a run's own config, when resuming), then a YAML file,
+    then dotted CLI overrides."""
     file_values = load_yaml(file) if file else {}
+    base = dict(base or {})
     overrides = dict(overrides or {})
-    preset = overrides.pop("preset", None) or preset or file_values.get("preset")
+    preset = overrides.pop("preset", None) or preset or file_values.get("preset") or base.get("preset")
     if preset is None:
         dataset = overrides.get("data.dataset") or file_values.get("data", {}).get("dataset", "cifar10")
         preset = "imagenet-paper" if dataset == "imagenet" else "cifar-paper"
@@ -310,11 +312,58 @@ def resolve_config(file: str | Path | None = None, overrides: Mapping[str, Any] 
     config.preset = preset
     update(config, PRESETS[preset])
     try:
+        update(config, base)
+    except ConfigError as e:
+        raise ConfigError(f"the run's own config.yaml: {e}") from None
+    try:
         update(config, file_values)
     except ConfigError as e:
         raise ConfigError(f"{file}: {e}") from None
     set_dotted(config, overrides)
     return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Refuse values that would crash deep inside a run or silently train something else.
+
+    Checked when a run starts or resumes, not when a config is read back: an old run's
+    config.yaml or checkpoint stays readable for reports and `eval`.
+    """
+    positive = (lambda v: v >= 1, "a positive integer")
+    rules: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "model.num_classes": (lambda v: v is None or v >= 1, "a positive number of classes"),
+        "data.val_size": (lambda v: v >= 0, "0 or more held-out images"),
+        "data.train_size": (lambda v: v is None or v >= 1, "a positive number of images"),
+        "data.workers": (lambda v: v >= 0, "0 or more worker processes"),
+        "optim.lr": (lambda v: v > 0, "a positive learning rate"),
+        "optim.momentum": (lambda v: 0 <= v < 1, "a momentum in [0, 1)"),
+        "optim.weight_decay": (lambda v: v >= 0, "a weight decay of 0 or more"),
+        "optim.batch_size": positive,
+        "optim.iters": positive,
+        "optim.gamma": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+        "optim.plateau_patience": positive,
+        "optim.min_lr": (lambda v: v >= 0, "a learning rate of 0 or more"),
+        "optim.warmup_lr": (lambda v: v > 0, "a positive learning rate"),
+        "optim.warmup_max_iters": (lambda v: v >= 0, "0 or more iterations"),
+        "seed": (lambda v: v >= 0, "a seed of 0 or more"),
+        "eval_every": positive,
+        "log_every": positive,
+        "checkpoint_every": positive,
+    }
+    for key, (ok, expected) in rules.items():
+        value = get_dotted(to_dict(config), key)
+        if not ok(value):
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    o = config.optim
+    if o.schedule == "step":
+        # The step schedule divides at each milestone it passes; out of order or past the
+        # end, the lr would not follow the schedule that was asked for.
+        if any(a >= b for a, b in zip(o.milestones, o.milestones[1:])):
+            raise ConfigError(f"optim.milestones: expected increasing iterations, got {o.milestones}")
+        late = [x for x in o.milestones if not 0 < x < o.iters]
+        if late:
+            raise ConfigError(f"optim.milestones: {late} not within 1..{o.iters - 1} (optim.iters is {o.iters}); "
+                              f"pass --milestones inside the schedule, e.g. {o.iters // 2},{o.iters * 3 // 4}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

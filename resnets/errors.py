@@ -24,4 +24,8 @@ class CheckpointError(ResnetsError, RuntimeError):
 
 
 class TrainingDiverged(ResnetsError, RuntimeError):
-    """The loss became non-finite; the last good checkpoint is kept."""
+    """The loss, weights or optimizer state became non-finite; no checkpoint is written from them."""
+
+
+class RunDirectoryBusy(ResnetsError, RuntimeError):
+    """Another process is writing the run directory (it holds RUN_DIR/run.lock)."""

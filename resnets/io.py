@@ -1,4 +1,5 @@
-"""Files that a crash cannot tear, and settings read by their dotted names.
+"""Files that a crash cannot tear, PyTorch files read without unpickling, and settings read by
+their dotted names.
 
 Everything resnets writes that another run, command or person reads back (checkpoints,
 weights, config.yaml, caches, downloads, exports) goes through `atomic_write`: a kill -9
@@ -8,9 +9,14 @@ at any moment leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+import torch
+
+from .errors import CheckpointError
 
 _UMASK = os.umask(0o022)  # read the process's umask (there is no getter) and put it back
 os.umask(_UMASK)
@@ -40,6 +46,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, with one line saying why a file is refused.
+
+    torch's own messages run over several lines and advise `weights_only=False`, which
+    would execute whatever the file holds; a file that needs it is never loaded here.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, refused globals
+        raise CheckpointError(f"{what} {path} {_refusal_reason(e)}") from None
+
+
+def _refusal_reason(error: Exception) -> str:
+    text = str(error)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"is refused: it asks to import the Python object {found.group(1)}, and only tensors and plain "
+                "values are ever loaded (nothing in it was run)")
+    found = re.search(r"reading zip archive: ([^.]+)", text)
+    if found:
+        return f"is corrupt or truncated (its zip container: {found.group(1)})"
+    if "Unsupported operand" in text or isinstance(error, (EOFError, ValueError)) or "pickle" in type(error).__name__.lower():
+        return "is corrupt or truncated, or not a PyTorch file of tensors and plain values"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"cannot be read ({type(error).__name__}: {first[:160]})"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

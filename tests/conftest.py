@@ -149,13 +149,42 @@ def serve_pretrained(serve, monkeypatch, tmp_path):
     return start
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_cache(tmp_path_factory):
-    """Decoded-data caches go to one per-session folder, never the user's ~/.cache. Session-scoped,
-    so it is in place before module-scoped fixtures (a reference training run) read data too."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNETS_CACHE", str(tmp_path_factory.getbasetemp() / "resnets-cache"))
-        yield
+# Nothing the suite runs may touch the user's home: not the decoded-data caches, not
+# matplotlib's font cache, not a subprocess. A fixture cannot promise that (module- and
+# session-scoped fixtures run before function-scoped ones, and imports at collection
+# before any fixture), so the environment is redirected in pytest_configure, before
+# collection, for the whole session and every child process.
+REAL_HOME = os.path.expanduser("~")
+_ISOLATED_ENV = ("HOME", "RESNETS_CACHE", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "TORCH_HOME")
+
+
+def pytest_configure(config):
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="resnets-tests-home-"))
+    config._resnets_saved_env = {k: os.environ.get(k) for k in _ISOLATED_ENV}
+    config._resnets_home = home
+    os.environ.update(HOME=str(home), RESNETS_CACHE=str(home / ".cache" / "resnets"),
+                      XDG_CACHE_HOME=str(home / ".cache"), XDG_CONFIG_HOME=str(home / ".config"),
+                      MPLCONFIGDIR=str(home / ".config" / "matplotlib"), TORCH_HOME=str(home / ".cache" / "torch"))
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for key, value in getattr(config, "_resnets_saved_env", {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if getattr(config, "_resnets_home", None) is not None:
+        shutil.rmtree(config._resnets_home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def real_home() -> Path:
+    """The user's home as it was before the suite redirected HOME (for tests asserting it is untouched)."""
+    return Path(REAL_HOME)
 
 
 # Test folders whose models are tiny: one intra-op thread is fastest there, and on a

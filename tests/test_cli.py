@@ -36,7 +36,7 @@ def test_models_table_and_json(capsys):
     table = capsys.readouterr().out
     assert "resnet50" in table and "25,557,032" in table and "cifar_resnet1202" in table
     assert main(["models", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["models"]}
     assert rows["cifar_resnet110"]["params"] == 1_727_962 and rows["cifar_resnet110"]["shortcut"] == "A"
     assert rows["resnet152"]["gflops"] == pytest.approx(11.3, rel=0.02)
     assert rows["plain34"]["shortcut"] == "none"

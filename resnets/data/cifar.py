@@ -42,6 +42,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from resnets.data.decode import to_rgb
 from resnets.data.download import ARCHIVE_NAME, BATCHES_DIR
 from resnets.data.gpu_augment import as_pad_dtype, crop_flip
 from resnets.data.safe_pickle import load_pickle, load_pickle_file
@@ -54,7 +55,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images decode through data.decode.to_rgb (16-bit PNGs scaled, not clipped)
 _DECODE_CHUNK = 1024  # images per pool task: large enough to amortise the inter-process transfer
 
 
@@ -393,7 +394,7 @@ def _decode_chunk(items: list[tuple[str, bytes | None]]) -> tuple[np.ndarray | N
             with Image.open(io.BytesIO(data) if data is not None else name) as im:
                 if im.size != (IMAGE_SIZE, IMAGE_SIZE):
                     return None, f"{name}: image is {im.size[0]}x{im.size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-                out[i] = np.asarray(im.convert("RGB"))
+                out[i] = np.asarray(to_rgb(im))
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for bad files
             return None, f"{name}: cannot decode image, truncated or not an image ({type(e).__name__}: {e})"
     return out, None

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from resnets.data.decode import to_rgb
 from resnets.data.transforms import eval_transform, to_uint8_chw
 from resnets.errors import DataError
 from resnets.io import atomic_write_text
@@ -62,28 +63,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompressio
 # --------------------------------------------------------------------------- decoding
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB.
-
-    16/32-bit integer images are scaled to 8 bits (Pillow's own ``convert`` clips
-    them at 255, which would turn a 16-bit PNG almost white). Alpha is dropped, as
-    in every ImageNet pipeline; palette images with transparency go through RGBA
-    so Pillow maps the palette correctly.
-    """
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(im).astype(np.float64)
-        if mode.startswith("I;16") or (mode in ("I", "F") and arr.max(initial=0) > 255):
-            arr = arr / 257.0  # 0..65535 -> 0..255
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
-    if mode == "PA" or (mode == "P" and "transparency" in im.info):
-        return im.convert("RGBA").convert("RGB")
-    return im.convert("RGB")
-
-
 def load_rgb(path: str | os.PathLike, draft_shorter: int | None = None) -> Image.Image:
     """Decode `path` (any format Pillow sniffs from the content, whatever the extension) to RGB.
 
@@ -96,7 +75,7 @@ def load_rgb(path: str | os.PathLike, draft_shorter: int | None = None) -> Image
             if draft_shorter and im.format == "JPEG":
                 im.draft(im.mode, (draft_shorter, draft_shorter))
             im.load()
-            return _to_rgb(im)
+            return to_rgb(im)
     except _DECODE_ERRORS as e:
         raise DataError(f"{os.fspath(path)}: cannot decode image ({type(e).__name__}: {e})") from e
 
@@ -291,6 +270,11 @@ class ImageFolder(torch.utils.data.Dataset):
     def num_bad_images(self) -> int:
         """Undecodable images skipped so far, summed over all DataLoader workers."""
         return int(self._bad.value)
+
+    @property
+    def relative_paths(self) -> np.ndarray:
+        """Every sample's "class/file" name (bytes), in index order."""
+        return self._paths
 
     def path(self, index: int) -> str:
         """Absolute path of sample `index`."""

@@ -172,15 +172,30 @@ class DetectionConfig:
         need(self.roi_op in ("align", "pool"), f"roi_op must be 'align' or 'pool', got {self.roi_op!r}")
         need(self.pooled_size >= 1, "pooled_size must be >= 1")
         need(self.batch_size >= 1 and self.iterations >= 0, "batch_size must be >= 1 and iterations >= 0")
-        need(list(self.lr_steps) == sorted(self.lr_steps), f"lr_steps must be ascending, got {list(self.lr_steps)}")
+        need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 < self.lr_gamma <= 1, f"lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        need(list(self.lr_steps) == sorted(set(self.lr_steps)) and all(s > 0 for s in self.lr_steps),
+             f"lr_steps must be increasing positive iterations, got {list(self.lr_steps)}")
+        need(self.warmup_iterations >= 0, f"warmup_iterations must be >= 0, got {self.warmup_iterations}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.log_every >= 1 and self.checkpoint_every >= 1,
+             f"log_every and checkpoint_every must be >= 1, got {self.log_every} and {self.checkpoint_every}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         need(all(s > 0 for s in self.test_scales), "test_scales must be positive")
         need(self.class_names is None or len(self.class_names) == self.num_classes,
              f"class_names has {len(self.class_names or [])} names but num_classes is {self.num_classes}")
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
-    """Read a YAML file of DetectionConfig fields (optionally under a top-level `detection:` key)."""
+def load_yaml_options(path: str | Path) -> dict[str, Any]:
+    """The DetectionConfig fields in a YAML file (optionally under a top-level `detection:` key)."""
     data = load_yaml(path)
-    data = dict(data.get("detection", data))
-    data.update(overrides or {})
-    return DetectionConfig.from_dict(data, source=str(path))
+    return dict(data.get("detection", data))
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
+    """Read a YAML file of DetectionConfig fields, then apply `overrides`."""
+    return DetectionConfig.from_dict({**load_yaml_options(path), **(overrides or {})}, source=str(path))

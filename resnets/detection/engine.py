@@ -2,9 +2,11 @@
 
 Run directory layout (as `resnets train` writes it, with the same shared pieces)::
 
-    RUN_DIR/config.yaml          resolved DetectionConfig (+ data description), written atomically
-    RUN_DIR/metrics.jsonl        one JSON object per logged iteration / evaluation
-    RUN_DIR/checkpoints/last.pt  model + optimizer + iteration (previous.pt: the one before)
+    RUN_DIR/config.yaml           resolved DetectionConfig (+ data description), written atomically
+    RUN_DIR/config_history.jsonl  the config of each start and resume, with what changed
+    RUN_DIR/metrics.jsonl         one JSON object per logged iteration / evaluation
+    RUN_DIR/checkpoints/last.pt   model + optimizer + iteration (previous.pt: the one before)
+    RUN_DIR/run.lock              held by the one process writing the run
 
 Checkpoints are `resnets.checkpoint`'s: atomic, and only tensors, dicts, lists and
 primitives, so they load with ``torch.load(weights_only=True)``. Training progress is an
@@ -18,14 +20,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from resnets.checkpoint import checkpoint_dir, load_checkpoint, load_resume_checkpoint, save_checkpoint
-from resnets.config import save_yaml
+from resnets.config import load_yaml, save_yaml
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import hflip, load_image
 from resnets.detection.model import FasterRCNN, build_detector
@@ -34,6 +36,7 @@ from resnets.eval.evaluate import eval_mode
 from resnets.io import atomic_write_text
 from resnets.models.loading import checkpoint_network
 from resnets.models.normalize import normalization_state
+from resnets.run_dir import RunLock, append_history, config_changes, describe_changes, prepare_run_dir
 from resnets.runtime import resolve_device
 from resnets.train.metrics_log import MetricsLog, append_metrics
 from resnets.train.schedule import step_lr
@@ -50,6 +53,16 @@ __all__ = [
 CHECKPOINT_FORMAT = "resnets-detection"
 # 2: the input normalisation is stored as `input_norm.*` tensors in "model" (1: a "normalize" entry).
 CHECKPOINT_VERSION = 2
+
+# Settings a resumed run may change (how long and how fast it trains, how it logs, how it
+# is evaluated); any other change would make it a different experiment and is refused.
+RESUME_CHANGEABLE = frozenset({
+    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device",
+    "backbone_weights",  # read only when a run starts; a resumed run takes its weights from the checkpoint
+    # inference only
+    "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_threshold", "nms", "detections_per_image",
+    "box_refinement", "box_voting_iou", "test_scales", "voc07_metric",
+})
 
 
 # -------------------------------------------------------------- checkpoints
@@ -140,6 +153,19 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def saved_config(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config of the run in `run_dir` (from its checkpoint) and the data it trained on
+    (from its config.yaml): what a resume starts from."""
+    run = Path(run_dir)
+    ckpt = checkpoint_dir(run) / "last.pt"
+    if not ckpt.is_file():
+        raise CheckpointError(f"cannot resume: {ckpt} does not exist")
+    data: dict[str, Any] = {}
+    if (run / "config.yaml").is_file():
+        data = load_yaml(run / "config.yaml").get("data") or {}
+    return load_checkpoint(ckpt)["config"], data
+
+
 def train(
     cfg: DetectionConfig,
     dataset: Dataset,
@@ -147,30 +173,46 @@ def train(
     *,
     resume: bool = False,
     data_info: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
     model: FasterRCNN | None = None,
 ) -> FasterRCNN:
     """Train end to end (approximate joint training) for ``cfg.iterations`` iterations.
 
-    Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``.
-    With ``resume`` the run's checkpoint is continued (config taken from the checkpoint,
-    except ``iterations`` which may be raised); a run directory without one is refused.
-    ``model`` replaces the network built from ``cfg.arch`` (e.g. a custom ResNet; its config
-    must be ``cfg``)."""
+    Writes config.yaml, metrics.jsonl and checkpoints/last.pt under ``run_dir``, which one
+    process at a time may write (``RUN_DIR/run.lock``). With ``resume`` the run continues
+    from its checkpoint (a run directory without one is refused); settings in
+    ``RESUME_CHANGEABLE`` may differ from the checkpoint's (they are printed and appended to
+    config_history.jsonl), any other difference is refused, and a finished run is left
+    untouched. ``model`` replaces the network built from ``cfg.arch`` (e.g. a custom ResNet;
+    its config must be ``cfg``)."""
     run = Path(run_dir)
+    if resume and not run.is_dir():
+        raise CheckpointError(f"cannot resume: {run} does not exist")
+    with RunLock(prepare_run_dir(run)):
+        return _train(cfg, dataset, run, resume, data_info, log, model)
+
+
+def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data_info: dict[str, Any] | None,
+           log: Callable[[str], None] | None, model: FasterRCNN | None) -> FasterRCNN:
+    say = log or (lambda _: None)
     ckpt_path = checkpoint_dir(run) / "last.pt"
     start = 0
     state = None
+    changes: dict[str, list[Any]] = {}
     if resume:
-        state = load_resume_checkpoint(run)
+        state, ckpt_path = load_resume_checkpoint(run)
         _check_detection_checkpoint(state, ckpt_path)
         saved = DetectionConfig.from_dict(state["config"], source=str(ckpt_path))
-        cfg = saved.replace(iterations=cfg.iterations)
+        changes = config_changes(saved.to_dict(), cfg.to_dict())
+        refused = {k: v for k, v in changes.items() if k not in RESUME_CHANGEABLE}
+        if refused:
+            raise ConfigError(f"refusing to resume {run}: settings differ from the checkpoint's: "
+                              f"{describe_changes(refused)}; start a new run directory instead")
         start = int(state["iteration"])
     elif ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path} exists; pass resume to continue it or choose a new run directory")
     if len(dataset) == 0:
         raise DataError("the training data set is empty")
-    save_yaml({"detection": cfg.to_dict(), "data": data_info or {}}, run / "config.yaml")
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -178,16 +220,31 @@ def train(
         network, norm = checkpoint_network(state)
         model = build_detector(cfg, input_norm=norm) if model is None else model
         model.load_state_dict(network)
+        if start >= cfg.iterations:
+            say(f"{run} is finished (iteration {start} of {cfg.iterations}); its results are unchanged. "
+                "Pass a larger --iters to extend it.")
+            return model.to(device).eval()
+        say(f"resuming {run} at iteration {start} of {cfg.iterations}"
+            + (f"; settings changed from here on: {describe_changes(changes)}" if changes else ""))
     elif model is None:
         model = build_detector(cfg)
+    save_yaml({"detection": cfg.to_dict(), "data": data_info or {}}, run / "config.yaml")
+    append_history(run, "resume" if resume else "start", start, cfg.to_dict(), changes, data=data_info or {})
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if state is not None and state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
+    last_good = start if state is not None else None
+
+    def diverged(what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint is {ckpt_path} (iteration {last_good})" if last_good is not None
+                else "no checkpoint had been written yet")
+        return TrainingDiverged(f"{what}; stopping: {kept}")
 
     # On resume, lines past the checkpoint's iteration are dropped first (they are trained again).
-    log = MetricsLog(run, True, cfg.iterations, start if state is not None else None, tensorboard=False)
+    metrics = MetricsLog(run, True, start if state is not None else None, tensorboard=False,
+                         echo=say if log is not None else (lambda _: None))
     t0 = time.perf_counter()
     running: dict[str, float] = {}  # loss sums since the last metrics line
     count = 0
@@ -205,7 +262,7 @@ def train(
             losses = model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at iteration {it}; last good checkpoint: {ckpt_path}")
+                raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,14 +274,18 @@ def train(
                 record = {"event": "train", "iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
                           "elapsed_s": round(time.perf_counter() - t0, 3)}
                 record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
-                log.write(record)
+                metrics.write(record)
                 running, count = {}, 0
             if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                save_checkpoint(run, checkpoint_state(model, opt, done))
-        if start >= cfg.iterations and not ckpt_path.is_file():
+                try:
+                    ckpt_path = save_checkpoint(run, checkpoint_state(model, opt, done))
+                except TrainingDiverged as e:
+                    raise diverged(f"at iteration {done} (lr {lr:g}) {e}") from None
+                last_good = done
+        if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
             save_checkpoint(run, checkpoint_state(model, opt, start))
     finally:
-        log.close()
+        metrics.close()
     return model.eval()
 
 

@@ -1,7 +1,7 @@
 """The one evaluation loop: top-1/top-5 error and loss of a network or an ensemble over batches.
 
-Validation during training, `resnets eval` (CIFAR-10 and the ImageNet protocols of
-Sec. 3.4) and the test-time protocols of `resnets.eval.tta` all run `evaluate`; what
+Validation during training, `resnets eval` (`resnets.eval.datasets`: CIFAR-10 and the ImageNet
+protocols of Sec. 3.4) and the test-time protocols of `resnets.eval.tta` all run `evaluate`; what
 differs is only how a network turns a batch into class scores (`predict`):
 
 * `class_log_probs`: one view per image (CIFAR-10, the ImageNet "center" crop);

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..checkpoint import load_checkpoint
 from ..config import ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError
+from ..io import load_torch_file
 from .convert import Normalization, SourceFormat, build_network, convert_state_dict, registry_config
 from .factory import model_spec
 from .normalize import Normalize, NormalizationKind, split_normalization
@@ -32,7 +33,7 @@ from .pretrained import PretrainedWeights, find_by_sha256, is_tag, pretrained_we
 from .resnet import ResNet, Shortcut
 from .weights import (
     has_bottlenecks, load_state_dict, read_state_dict, read_weights_config, read_weights_metadata,
-    read_weights_normalization, save_weights, state_dict_from, strip_wrapper_prefixes, torch_load,
+    read_weights_normalization, save_weights, state_dict_from, strip_wrapper_prefixes,
     warn_if_stride_differs,
 )
 
@@ -182,7 +183,7 @@ def convert_file(path: str | os.PathLike, *, source: SourceFormat = "auto", mode
     if path.suffix == ".safetensors":
         state_dict = read_state_dict(path)
     else:
-        obj = torch_load(path)
+        obj = load_torch_file(path, "weights file")
         if _is_training_checkpoint(obj):
             # The run's own normalisation (the per-pixel mean image) comes with it.
             if normalization is not None or mean is not None or std is not None:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write
+from ..io import atomic_write, load_torch_file
 from .akamaster import from_akamaster, is_akamaster_layout
 from .normalize import Normalize, normalization_state, split_normalization
 from .resnet import Bottleneck, ResNet
@@ -93,16 +93,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    return state_dict_from(torch_load(path), path)
-
-
-def torch_load(path: str | os.PathLike) -> Any:
-    """`torch.load(path, weights_only=True)` on the CPU, any failure as one CheckpointError."""
-    _require_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncation, refused globals: all one message
-        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    return state_dict_from(load_torch_file(path, "weights file"), path)
 
 
 def state_dict_from(obj: Any, path: str | os.PathLike) -> dict[str, Tensor]:

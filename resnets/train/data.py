@@ -9,9 +9,12 @@ of the run's config. (ImageNet's builder is `resnets.train.imagenet_data.build_i
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
+import numpy as np
 from torch import Tensor
 
 from ..config import DataConfig
@@ -38,6 +41,25 @@ class RunData:
     """The per-pixel mean (3, H, W) in [0, 1] of the training images (Sec. 3.4, 4.2); computed on the
     first call where that is costly (ImageNet), and the same on every process."""
     description: str
+    fingerprint: str  # the data's content, wherever it lives (see `data_fingerprint`); checked on resume
+
+
+def data_fingerprint(*parts: Tensor | np.ndarray | Sequence[str]) -> str:
+    """sha256 over arrays (dtype, shape, bytes) and lists of names: equal for the same data
+    wherever it is stored and in whichever layout (pickles, archive or PNG folders decode to
+    the same arrays), different for different images, labels or classes. CIFAR-10's 50k
+    images hash in about 0.2 s."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            part = part.cpu().numpy()
+        if isinstance(part, np.ndarray):
+            part = np.ascontiguousarray(part)
+            digest.update(f"{part.dtype.str}{part.shape}".encode())
+            digest.update(memoryview(part).cast("B"))
+        else:
+            digest.update(json.dumps(list(part)).encode())
+    return "sha256:" + digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -109,17 +131,19 @@ def build_cifar(data: DataConfig, shard: BatchShard, seed: int, runtime: Runtime
     path = cifar_data_path(data)
     train_split = "trainval" if data.val_size == 0 else "train"
     train = load_cifar10(path, train_split, data.val_size, data.split_seed, data.cache_dir)
+    val = load_cifar10(path, "val", data.val_size, data.split_seed, data.cache_dir) if data.val_size > 0 else None
+    fingerprint = data_fingerprint(train.images, train.labels, train.classes,
+                                   *((val.images, val.labels) if val is not None else ()))
     if data.train_size is not None:
         train = stratified_subset(train, data.train_size, data.split_seed)
     mean = per_pixel_mean(train.images)
     batches = CifarBatches(train.images, train.labels, shard.global_batch, seed, runtime.device,
                            augment=data.augment != "none", pad_value=mean)
-    if data.val_size > 0:
-        val = load_cifar10(path, "val", data.val_size, data.split_seed, data.cache_dir)
+    if val is not None:
         # Strided shards: every validation image is scored exactly once across processes.
         share = slice(shard.rank, None, shard.world_size)
         val_batches = EvalBatches(val.images[share], val.labels[share], 500, runtime.device)
     else:
         val_batches = None
     return RunData(CifarStream(batches, shard), val_batches, len(train.classes), train.classes, lambda: mean,
-                   train.source)
+                   train.source, fingerprint)

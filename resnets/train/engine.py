@@ -16,6 +16,7 @@ a per-step `.item()`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import check_resume_compatible, checkpoint_dir, load_resume_checkpoint, save_checkpoint
-from ..config import TrainConfig, save_yaml, to_dict
-from ..errors import ConfigError, TrainingDiverged
+from ..checkpoint import (LAST, check_data_fingerprint, check_resume_compatible, checkpoint_dir,
+                          load_resume_checkpoint, save_checkpoint)
+from ..config import TrainConfig, save_yaml, to_dict, validate
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..eval.evaluate import evaluate
 from ..models import load_state_dict, model_spec, save_weights
 from ..models.loading import build_model, weights_config
 from ..models.normalize import normalization_state
+from ..run_dir import (RunLock, append_history, config_changes, describe_changes, non_finite, optimizer_tensors,
+                       prepare_run_dir)
 from ..runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
 from .data import BatchShard, RunData, build_cifar
 from .imagenet_data import MEAN_FILE, build_imagenet
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, read_metrics
+from .progress import ProgressBar
 from .schedule import LrSchedule
 from .stats import RunningStats
 
@@ -68,30 +73,81 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the training run `config` describes; returns the final summary."""
-    runtime = setup_runtime(config.device, config.precision)
-    try:
-        return _train(config, runtime, resume)
-    finally:
-        shutdown_runtime(runtime)
-
-
-def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
-    run_dir = Path(config.out)
-    checkpoint = None
-    if resume:
-        checkpoint = load_resume_checkpoint(run_dir)
-        check_resume_compatible(checkpoint["config"], config)
-    elif (checkpoint_dir(run_dir) / "last.pt").exists():
-        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    validate(config)
     try:  # fail on a bad model name before spending time decoding data
         model_spec(config.model.name)
     except ValueError as e:
         raise ConfigError(f"model.name: {e}") from None
-    if config.optim.iters < 1:
-        raise ConfigError(f"optim.iters: expected a positive number of iterations, got {config.optim.iters}")
+    if resume and not Path(config.out).is_dir():
+        raise CheckpointError(f"cannot resume: {config.out} does not exist")
+    runtime = setup_runtime(config.device, config.precision)
+    lock = None
+    try:
+        if runtime.is_main:  # the one process that writes the run directory
+            lock = RunLock(prepare_run_dir(config.out)).acquire()
+        return _train(config, runtime, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+        shutdown_runtime(runtime)
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues: its checkpoint, and the settings that change there."""
+
+    checkpoint: dict[str, Any]
+    path: Path
+    iteration: int
+    changes: dict[str, list[Any]]  # {key: [checkpoint's value, new value]}
+
+
+def resume_point(run_dir: Path, config: TrainConfig) -> ResumePoint:
+    checkpoint, path = load_resume_checkpoint(run_dir)
+    check_resume_compatible(checkpoint["config"], config)
+    # `out` names where the directory is now, which is not a setting of the run.
+    changes = config_changes(checkpoint["config"], to_dict(config), ignore=("out",))
+    return ResumePoint(checkpoint, path, int(checkpoint["iteration"]), changes)
+
+
+def finished_summary(run_dir: Path, iteration: int) -> dict[str, Any] | None:
+    """The summary of a run that finished at `iteration` (its summary line and weights exist)."""
+    summaries = [r for r in read_metrics(run_dir) if r.get("event") == "summary"]
+    if summaries and summaries[-1].get("iteration") == iteration and (run_dir / "model.safetensors").is_file():
+        return summaries[-1]
+    return None
+
+
+def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
+    run_dir = Path(config.out)
+    start: ResumePoint | None = None
+    if resume:
+        start = resume_point(run_dir, config)
+        if start.iteration >= config.optim.iters:
+            summary = finished_summary(run_dir, start.iteration)
+            if summary is not None:
+                # Nothing to do, and nothing of the finished run is rewritten.
+                if rt.is_main:
+                    print(f"resnets train: {run_dir} is finished (iteration {start.iteration} of "
+                          f"{config.optim.iters}); its results are unchanged. Pass a larger --iters to extend it.",
+                          flush=True)
+                return summary
+            if start.iteration > config.optim.iters:
+                raise ConfigError(f"optim.iters: the checkpoint {start.path} is at iteration {start.iteration}, "
+                                  f"beyond --iters {config.optim.iters}")
+    elif (checkpoint_dir(run_dir) / LAST).exists():
+        raise ConfigError(f"out: {run_dir} already holds a run; pass --resume to continue it or choose another --out")
 
     seed_everything(config.seed)
     data: RunData = build_run_data(config, rt)
+    if config.model.num_classes is not None and config.model.num_classes < data.num_classes:
+        raise ConfigError(f"model.num_classes: {config.model.num_classes} outputs cannot score the "
+                          f"{data.num_classes} classes of {data.description}")
+    checkpoint = None
+    if start is not None:
+        checkpoint = start.checkpoint
+        # A checkpoint written before fingerprints existed has none: accepted, recorded from now on.
+        check_data_fingerprint(checkpoint.get("data_fingerprint"), data.fingerprint, config.data.path)
     model = build_model(config.model, data.num_classes, data.mean_image)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(rt.device, memory_format=memory_format)
@@ -121,23 +177,53 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
     if config.compile:
         train_model = torch.compile(train_model)
 
+    progress = None
     if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if start is None:
+            print(f"resnets train: {config.model.name} on {data.description}; {rt.device.type} {rt.precision}, "
+                  f"{rt.world_size} process(es), {config.optim.iters} iterations -> {run_dir}", flush=True)
+        else:
+            print(f"resnets train: resuming {run_dir} at iteration {step} of {config.optim.iters} "
+                  f"(from {start.path})", flush=True)
+            if start.changes:
+                print(f"resnets train: settings changed from iteration {step} on: {describe_changes(start.changes)}",
+                      flush=True)
+        # What ran is never overwritten: each start and resume appends the config in effect from then on.
+        append_history(run_dir, "resume" if start else "start", step, to_dict(config),
+                       start.changes if start else None, data_fingerprint=data.fingerprint)
         save_yaml(config, run_dir / "config.yaml")
-    log = MetricsLog(run_dir, rt.is_main, config.optim.iters, step if checkpoint is not None else None,
-                     config.tensorboard)
-    if rt.is_main and checkpoint is None:
-        print(f"resnets train: {config.model.name} on {data.description}; {rt.device.type} {rt.precision}, "
-              f"{rt.world_size} process(es), {config.optim.iters} iterations -> {run_dir}", flush=True)
+        # Drawn after the lines above, so it never overwrites them.
+        progress = ProgressBar.on_terminal(config.optim.iters, step, config.optim.batch_size)
+    log = MetricsLog(run_dir, rt.is_main, step if start is not None else None, config.tensorboard,
+                     **({"echo": progress.write} if progress else {}))
+    last_good = (start.iteration, start.path) if start is not None else None  # (iteration, path)
+
+    def stop(what: str) -> TrainingDiverged:
+        log.close()
+        if progress is not None:
+            progress.close()
+        if last_good is None:
+            kept = "No checkpoint had been written yet; start again with a lower --lr"
+        else:
+            kept = (f"The last good checkpoint is {last_good[1]} (iteration {last_good[0]}); "
+                    f"--resume continues from it, e.g. with a lower --lr")
+        return TrainingDiverged(f"{what}; stopping. {kept}")
 
     def save(iteration: int) -> None:
+        nonlocal last_good
+        # Every process checks (they hold the same weights), so all stop together.
+        bad = non_finite([*model.state_dict().items(), *optimizer_tensors(optimizer.state_dict())])
+        if bad:
+            raise stop(f"the weights became non-finite by iteration {iteration} (lr {lr:g}): {len(bad)} weight, "
+                       f"buffer or momentum tensors hold NaN or inf (e.g. {', '.join(bad[:3])}), so they were not saved")
         if rt.is_main:
-            save_checkpoint(run_dir, {
+            path = save_checkpoint(run_dir, {
                 "iteration": iteration, "config": to_dict(config),
                 "model": {**model.state_dict(), **normalization_state(model.input_norm)},
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                **stats.state_dict(), "rng": rng_state(),
+                **stats.state_dict(), "rng": rng_state(), "data_fingerprint": data.fingerprint,
             })
+            last_good = (iteration, path)
         if rt.distributed:
             dist.barrier()
 
@@ -171,6 +257,8 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         stats.update(step, loss, logits, y)
         step += 1
         images_window += len(y) * rt.world_size
+        if progress is not None:
+            progress.tick(loss, lr)
 
         if schedule.warmup_active and step % WARMUP_CHECK_EVERY == 0:
             w = reduced(stats.warmup_window())
@@ -189,10 +277,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             if rt.distributed:
                 dist.all_reduce(bad_step, op=dist.ReduceOp.MAX)
             if bad_step > 0:
-                log.close()
-                raise TrainingDiverged(
-                    f"the training loss became non-finite at iteration {int(bad_step)} (lr {lr:g}); stopping. "
-                    f"The last good checkpoint is kept in {checkpoint_dir(run_dir)}")
+                raise stop(f"the training loss became non-finite at iteration {int(bad_step)} (lr {lr:g})")
         if log_now:
             w = reduced(stats.window())
             elapsed = time.perf_counter() - t_window
@@ -214,6 +299,11 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         if save_now:
             save(step)
 
+    if progress is not None:
+        progress.close()
+    if last_val is None and data.val is not None:
+        # Resumed from the final checkpoint of a run stopped before it wrote its weights.
+        last_val = evaluate(model, data.val, rt)
     summary = {"event": "summary", "iteration": step, "model": config.model.name, "dataset": config.data.dataset,
                "data": data.description, "val_error": last_val["top1_err"] if last_val else None,
                "val_top5_error": last_val["top5_err"] if last_val else None,

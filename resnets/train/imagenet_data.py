@@ -39,7 +39,7 @@ from ..data.transforms import eval_transform, pca_lighting, train_transform
 from ..errors import ConfigError
 from ..io import atomic_write
 from ..runtime import Runtime
-from .data import BatchShard, RunData
+from .data import BatchShard, RunData, data_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -217,4 +217,7 @@ def build_imagenet(data: DataConfig, shard: BatchShard, seed: int, runtime: Runt
     val_loader = imagenet_loader(val, shard.size, sampler=val_share, num_workers=data.workers)
     description = (f"ImageNet folders {data.path} ({len(train)} train / {len(val)} val images, "
                    f"{len(train.classes)} classes, augment {data.augment})")
-    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean_image, description)
+    # The file listing, not the pixels: hashing ImageNet's 140 GB would take longer than an epoch.
+    fingerprint = data_fingerprint(train.relative_paths, train.targets, train.classes, val.relative_paths, val.targets)
+    return RunData(stream, SkipEmpty(val_loader), len(train.classes), list(train.classes), mean_image, description,
+                   fingerprint)

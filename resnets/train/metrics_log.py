@@ -1,12 +1,12 @@
-"""What a run writes as it goes: metrics.jsonl, progress on the terminal, TensorBoard."""
+"""What a run writes as it goes: metrics.jsonl, its lines on the terminal, TensorBoard."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..io import atomic_write
 
@@ -42,12 +42,12 @@ class MetricsLog:
     an uninterrupted run's would.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, total_iters: int, resume_iteration: int | None,
-                 tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resume_iteration: int | None, tensorboard: bool,
+                 echo: Callable[[str], None] = functools.partial(print, flush=True)) -> None:
         self.run_dir = run_dir
         self.path = run_dir / METRICS
         self.enabled = enabled
-        self.bar = None
+        self.echo = echo  # a progress bar's write() keeps the lines above the bar
         self.tb = None
         if not enabled:
             return
@@ -58,10 +58,6 @@ class MetricsLog:
                     if r.get("event") != "summary" and r.get("iteration", 0) <= resume_iteration]
             text = "".join(json.dumps(r) + "\n" for r in kept)
             atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_iters, initial=resume_iteration or 0, unit="it", dynamic_ncols=True)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -82,20 +78,9 @@ class MetricsLog:
 
     def show(self, row: dict[str, Any]) -> None:
         text = "  ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "event")
-        if self.bar is not None:
-            if row.get("event") == "train":
-                self.bar.n = row["iteration"]
-                shown = (("loss", row.get("train_loss", row.get("loss")), "{:.3f}"), ("err", row.get("train_error"), "{:.2f}%"),
-                         ("lr", row.get("lr"), "{:g}"))  # detection rows have no training error
-                self.bar.set_postfix_str(" ".join(f"{k}={f.format(v)}" for k, v, f in shown if v is not None))
-            else:
-                self.bar.write(f"[{row.get('event')}] {text}")
-        else:
-            print(f"[{row.get('event')}] {text}", flush=True)
+        self.echo(f"[{row.get('event')}] {text}")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
         if self.tb is not None:
             self.tb.close()
 

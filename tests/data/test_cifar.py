@@ -363,3 +363,19 @@ def test_eval_batches_fixed_order() -> None:
     assert torch.equal(torch.cat([x for x, _ in got]), images)
     assert torch.equal(torch.cat([y for _, y in got]), labels)
     assert torch.equal(torch.cat([x for x, _ in batches]), images)  # re-iterable
+
+
+def test_16bit_png_in_a_class_folder_decodes_like_imagenet(tmp_path: Path, fake_cifar, cifar_files) -> None:
+    """Issue 12: a 16-bit PNG was clipped to 255 (99.5% white pixels); both loaders now decode one way."""
+    from resnets.data.imagenet import load_rgb
+
+    root = cifar_files.write_class_folders(fake_cifar, tmp_path / "folders", with_test=False)
+    first = sorted((root / "train" / cifar_files.CLASSES[0]).iterdir())[0]
+    gray = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 251
+    Image.fromarray(gray * 257).save(first)  # mode I;16: 0..65535
+    with Image.open(first) as im:
+        assert im.mode.startswith("I;16")
+    data = read_cifar10(root, cache_dir=tmp_path / "cache")
+    decoded = data.train_images[0]  # class 0, first file
+    assert (decoded == gray.astype(np.uint8)).all()  # scaled back, not clipped to white
+    assert (decoded.transpose(1, 2, 0) == np.asarray(load_rgb(first))).all()

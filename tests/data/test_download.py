@@ -127,15 +127,9 @@ def test_downloaded_archive_with_traversal_is_refused(tmp_path: Path, serve) -> 
 
 
 def test_cli_subcommand(server, cifar_targz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+    from resnets.cli import main
 
-    from resnets.data import download
-
-    parser = argparse.ArgumentParser()
-    download.add_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        ["download-cifar10", "--dir", str(tmp_path), "--url", f"{server.url}/cifar-10-python.tar.gz", "--md5", _md5(cifar_targz)]
-    )
-    assert args.func(args) == 0
+    assert main(["download-cifar10", "--out", str(tmp_path), "--url", f"{server.url}/cifar-10-python.tar.gz",
+                 "--md5", _md5(cifar_targz)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cifar-10-batches-py")
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()

@@ -11,7 +11,7 @@ import torch
 from pathlib import Path
 
 from resnets.detection import engine
-from resnets.detection.cli import add_parser, run
+from resnets.cli.detect import add_parser, run
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import SyntheticShapes, write_coco, write_voc
 from resnets.detection.model import FasterRCNN, build_detector
@@ -54,8 +54,8 @@ def test_train_resume_eval_predict(tmp_path, voc_root):
     # the VOC loader is pointed at them through a config file.
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("detection:\n  num_classes: 3\n  class_names: [rectangle, ellipse, triangle]\n")
-    args = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--run-dir", str(run_dir),
-                   "--iterations", "2", "--config", str(cfg_file), *_sets()])
+    args = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--out", str(run_dir),
+                   "--iters", "2", "--config", str(cfg_file), *_sets()])
     assert args.func(args) == 0
     ckpt = run_dir / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=True)  # tensors / dicts / primitives only
@@ -66,12 +66,12 @@ def test_train_resume_eval_predict(tmp_path, voc_root):
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
 
     # Without --resume an existing run is refused; with it, training continues at iteration 2.
-    again = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--run-dir", str(run_dir),
-                    "--iterations", "3", "--config", str(cfg_file), *_sets()])
+    again = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--out", str(run_dir),
+                    "--iters", "3", "--config", str(cfg_file), *_sets()])
     with pytest.raises(CheckpointError, match="resume"):
         run(again)
-    resumed = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--run-dir", str(run_dir),
-                      "--iterations", "3", "--resume", "--config", str(cfg_file), *_sets()])
+    resumed = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "4", "--out", str(run_dir),
+                      "--iters", "3", "--resume", "--config", str(cfg_file), *_sets()])
     assert run(resumed) == 0
     assert torch.load(ckpt, weights_only=True)["iteration"] == 3
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -97,7 +97,7 @@ def test_train_resume_eval_predict(tmp_path, voc_root):
 
     # predict: detections.json + one PNG per image with boxes drawn.
     image = tmp_path / "coco" / "000000.png"
-    pr = _parse(["detect", "predict", "--checkpoint", str(ckpt), str(image), "--out-dir", str(tmp_path / "pred"),
+    pr = _parse(["detect", "predict", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "pred"),
                  "--score-threshold", "0.0"])
     assert run(pr) == 0
     records = json.loads((tmp_path / "pred" / "detections.json").read_text())
@@ -124,16 +124,16 @@ def test_cli_errors(tmp_path):
         run(_parse(["detect", "eval", "--checkpoint", str(tmp_path / "none.pt"), "--format", "synthetic"]))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        run(_parse(["detect", "predict", "--checkpoint", str(bad), "x.png", "--out-dir", str(tmp_path)]))
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        run(_parse(["detect", "predict", "--checkpoint", str(bad), "x.png", "--out", str(tmp_path)]))
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "synthetic", "--set", "nonsense"]))
+        run(_parse(["detect", "train", "--out", str(tmp_path / "r"), "--format", "synthetic", "--set", "nonsense"]))
     with pytest.raises(ConfigError, match="unknown config key 'foo'"):
-        run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "synthetic", "--set", "foo=1"]))
+        run(_parse(["detect", "train", "--out", str(tmp_path / "r"), "--format", "synthetic", "--set", "foo=1"]))
     with pytest.raises(DataError, match="does not exist"):
-        run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "voc", "--data", str(tmp_path / "nope")]))
+        run(_parse(["detect", "train", "--out", str(tmp_path / "r"), "--format", "voc", "--data", str(tmp_path / "nope")]))
     with pytest.raises(ConfigError, match="annotations"):
-        run(_parse(["detect", "train", "--run-dir", str(tmp_path / "r"), "--format", "coco", "--data", str(tmp_path)]))
+        run(_parse(["detect", "train", "--out", str(tmp_path / "r"), "--format", "coco", "--data", str(tmp_path)]))
 
 
 def test_resume_reproduces_uninterrupted_training(tmp_path):
@@ -175,7 +175,7 @@ def synthetic() -> SyntheticShapes:
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
     """Regression: `detect train --resume` on a directory without a checkpoint silently started afresh."""
     run_dir = tmp_path / "run"
-    args = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "2", "--run-dir", str(run_dir),
+    args = _parse(["detect", "train", "--format", "synthetic", "--synthetic-images", "2", "--out", str(run_dir),
                    "--iterations", "1", "--resume", "--set", "num_classes=3", *_sets()])
     with pytest.raises(CheckpointError, match="cannot resume: .* holds no checkpoint"):
         run(args)

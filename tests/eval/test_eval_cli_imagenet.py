@@ -93,7 +93,7 @@ def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, mo
     assert single["top5_err"] == 0.0  # 3 classes: the target is always among the top 5
 
     # Labels follow the training classes (ROOT/train), not val's own folder list.
-    from resnets.eval.cli import imagenet_classes
+    from resnets.eval.datasets import imagenet_classes
 
     assert imagenet_classes(str(tree), None) == CLASSES
     assert imagenet_classes(str(tree), ["x", "y"]) == ["x", "y"]

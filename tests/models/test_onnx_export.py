@@ -47,7 +47,7 @@ def test_export_cli_from_a_weights_file(tmp_path, capsys):
     weights = tmp_path / "model.safetensors"
     save_weights(weights, trained_looking("cifar_resnet8", num_classes=4), {"name": "cifar_resnet8", "num_classes": 4})
     out = tmp_path / "export" / "model.onnx"
-    assert main(["export", "--checkpoint", str(weights), "--out", str(out), "--check-images", "3"]) == 0
+    assert main(["export", "--checkpoint", str(weights), "--out", str(out), "--check-images", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["written"] == str(out) and out.is_file()
     assert result["model"] == "cifar_resnet8" and result["image_size"] == 32
@@ -80,7 +80,7 @@ def test_export_cli_from_a_training_checkpoint(tiny_cifar, tmp_path, capsys):
     capsys.readouterr()
     checkpoint = run / "checkpoints" / "last.pt"
     out = tmp_path / "ckpt.onnx"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--check-images", "4"]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--check-images", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["model"] == "cifar_resnet8" and result["top1_agreement"] == 1.0
     # the trained per-pixel mean travelled from the checkpoint into the graph

@@ -64,7 +64,7 @@ def cifar_folders(tmp_path_factory) -> Path:
 
 def overrides(data: Path, out: Path, **extra) -> dict:
     values = {"model.name": "cifar_resnet8", "data.path": str(data), "data.val_size": VAL_SIZE,
-              "data.cache_dir": str(out.parent / "cache"), "optim.batch_size": 16, "optim.iters": ITERS,
+              "data.cache_dir": str(out.parent / "cache"), "optim.batch_size": 16, "optim.iters": ITERS, "optim.milestones": [],
               "eval_every": ITERS, "log_every": ITERS, "device": "cpu", "precision": "fp32",
               "out": str(out), "tensorboard": False}
     values.update(extra)

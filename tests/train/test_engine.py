@@ -161,6 +161,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny_cifar, tmp_path, capsys):
         engine.train(tiny_config(tiny_cifar, out), resume=True)
     assert main(["eval", "--checkpoint", str(out / "checkpoints" / "last.pt"), "--data", str(tiny_cifar)]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="empty does not exist"):
+        engine.train(tiny_config(tiny_cifar, tmp_path / "empty"), resume=True)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         engine.train(tiny_config(tiny_cifar, tmp_path / "empty"), resume=True)
 
@@ -192,7 +195,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cifar, tmp_pa
     monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
     out = tmp_path / "run"
     args = ["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50", "--batch-size", "16",
-            "--iters", "12", "--log-every", "3", "--eval-every", "100", "--checkpoint-every", "4", "--out", str(out),
+            "--iters", "12", "--milestones", "6,9", "--log-every", "3", "--eval-every", "100", "--checkpoint-every", "4", "--out", str(out),
             "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -224,7 +227,7 @@ def test_train_size_trains_on_a_stratified_subset(tiny_cifar):
 def test_warmup_holds_lr_until_training_error_drops(tiny_cifar, tmp_path):
     out = tmp_path / "run"
     engine.train(tiny_config(tiny_cifar, out, **{"optim.warmup": "on", "optim.warmup_until_error": 100.5,
-                                                   "optim.iters": 14, "optim.milestones": "100"}))
+                                                   "optim.iters": 14, "optim.milestones": ""}))
     rows = read_metrics(out)
     lrs = {r["iteration"]: r["lr"] for r in rows if r["event"] == "train"}
     assert lrs[2] == lrs[10] == pytest.approx(0.01) and lrs[12] == pytest.approx(0.1)

@@ -13,7 +13,7 @@ def test_cifar_resnet20_learns_on_real_cifar10(cifar10_jpeg, tmp_path):
     # included. The bounds leave about 10 points of margin.
     config = resolve_config(overrides={
         "model.name": "cifar_resnet20", "data.path": str(cifar10_jpeg), "optim.iters": 300,
-        "eval_every": 300, "log_every": 50, "checkpoint_every": 300, "out": str(tmp_path / "run"),
+        "optim.milestones": [], "eval_every": 300, "log_every": 50, "checkpoint_every": 300, "out": str(tmp_path / "run"),
         "device": "cpu", "tensorboard": False})
     summary = engine.train(config)
     assert summary["val_error"] < 65.0, summary

@@ -8,9 +8,9 @@ onnxruntime beside PyTorch on random images; the command fails if the two disagr
 from __future__ import annotations
 
 import argparse
-import json
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from .options import add_json, report
 
 # fp32 logits of the same network through two runtimes differ by summation order only;
 # measured 4e-6 on a trained ResNet-20 and 5e-5 on a random-init ResNet-50 at 224.
@@ -20,9 +20,9 @@ MAX_ABS_DIFF = 1e-3
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .models import model_spec
-    from .models.onnx_export import check_onnx, export_onnx
-    from .models.loading import model_from_file
+    from ..models import model_spec
+    from ..models.loading import model_from_file
+    from ..models.onnx_export import check_onnx, export_onnx
 
     model, info = model_from_file(args.checkpoint)
     name = info["model"]["name"]
@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         if check.max_abs_diff > MAX_ABS_DIFF or check.top1_agreement < 1.0:
             raise CheckpointError(f"{path}: onnxruntime disagrees with PyTorch (max |diff| {check.max_abs_diff:.3g}, "
                                   f"top-1 agreement {check.top1_agreement:.3f}); the file was kept for inspection")
-    print(json.dumps(result))
+    checked = (f"; onnxruntime matches PyTorch on {result['check_images']} images (max |diff| "
+               f"{result['max_abs_diff']:.2g})" if "check_images" in result else "")
+    report(args, result, f"wrote {path} ({name}, {size}x{size} input){checked}")
     return 0
 
 
@@ -54,4 +56,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--check-images", type=int, default=8, metavar="N",
                    help="random images to compare onnxruntime with PyTorch on; 0 skips the check "
                         "(default: %(default)s)")
+    add_json(p)
     p.set_defaults(func=run)

@@ -11,9 +11,10 @@ authors' Caffe models (SRC a .caffemodel with --prototxt and --mean-file). See
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .options import add_json, report
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -24,8 +25,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dst is not None:
+        print("resnets: convert SRC DST is deprecated; use convert SRC --out DST", file=sys.stderr)
+    out = args.out or args.dst
+    if out is None:
+        raise ConfigError("--out is required: the resnets weights file to write")
     if args.format == "caffe" or (args.format == "auto" and args.src.endswith(".caffemodel")):
-        from .models.caffe import convert_caffe_weights
+        from ..models.caffe import convert_caffe_weights
 
         given = [flag for flag, value in (("--model", args.model), ("--stride-in-1x1/--stride-in-3x3", args.stride_in_1x1),
                                           ("--normalization", args.normalization), ("--mean", args.mean),
@@ -35,17 +41,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.prototxt or not args.mean_file:
             raise ConfigError("Caffe models need --prototxt (the deploy prototxt) and --mean-file (the mean image "
                               "the authors subtract, ResNet_mean.binaryproto)")
-        config = convert_caffe_weights(args.prototxt, args.src, args.mean_file, args.dst)
+        config = convert_caffe_weights(args.prototxt, args.src, args.mean_file, out)
     else:
-        from .models.loading import convert_weights
+        from ..models.loading import convert_weights
 
         if args.prototxt or args.mean_file:
             raise ConfigError("--prototxt/--mean-file: only for Caffe models (SRC a .caffemodel)")
-        config = convert_weights(args.src, args.dst, source=args.format, model=args.model,
+        config = convert_weights(args.src, out, source=args.format, model=args.model,
                                  stride_in_1x1=args.stride_in_1x1, normalization=args.normalization,
                                  mean=args.mean, std=args.std)
     summary = {k: v for k, v in config.items() if k not in ("classes", "class_names")}
-    print(json.dumps({"written": args.dst, "model": summary}))
+    report(args, {"written": out, "model": summary}, f"wrote {out} ({config['name']})")
     return 0
 
 
@@ -54,7 +60,8 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a .pth/.pt/.th checkpoint (bare state dict, or under 'state_dict'/'model'/'net'), "
                                "a .safetensors file, or a Caffe .caffemodel")
-    p.add_argument("dst", help="the resnets weights file to write, e.g. model.safetensors")
+    p.add_argument("dst", nargs="?", help=argparse.SUPPRESS)  # the spelling before --out, still accepted
+    p.add_argument("--out", metavar="FILE", help="the resnets weights file to write, e.g. model.safetensors")
     p.add_argument("--format", choices=["auto", "torchvision", "akamaster", "caffe"], default="auto",
                    help="auto: classifier 'fc' means torchvision, 'linear' akamaster/pytorch_resnet_cifar10, "
                         "a .caffemodel Caffe")
@@ -74,4 +81,5 @@ def add_parser(subparsers) -> None:
     p.add_argument("--std", type=_floats, metavar="R,G,B", help="channel std for pixels in [0, 1]")
     p.add_argument("--prototxt", metavar="FILE", help="Caffe: the deploy prototxt of the .caffemodel")
     p.add_argument("--mean-file", metavar="FILE", help="Caffe: the mean image (ResNet_mean.binaryproto)")
+    add_json(p)
     p.set_defaults(func=run)

@@ -9,61 +9,21 @@ convolutional over shorter sides {224, 256, 384, 480, 640}, with flips). Several
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..eval.datasets import evaluate_cifar, evaluate_imagenet
+from ..eval.predict import network_from_args
 from ..runtime import Runtime
-from .evaluate import evaluate
+from .options import add_checkpoints, add_device, add_json, report
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
     run = info.get("run") or {}
     data = run.get("data", {})
     return {"dataset": data.get("dataset"), "val_size": data.get("val_size"), "split_seed": data.get("split_seed")}
-
-
-def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int, runtime: Runtime,
-                   batch_size: int = 500, workers: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
-    from ..data.cifar import EvalBatches, load_cifar10
-
-    data = load_cifar10(path, split, val_size, split_seed, cache_dir, workers)
-    result = evaluate(models, EvalBatches(data.images, data.labels, batch_size, runtime.device), runtime)
-    result.update(split=split, dataset="cifar10", data=data.source)
-    return result
-
-
-def imagenet_classes(path: str, model_classes: list[str] | None) -> list[str] | None:
-    """The class order the labels must follow: the model's training classes if it recorded them,
-    else ROOT/train's folders (val may lack some classes), else None (val's own folders)."""
-    import os
-
-    if model_classes:
-        return list(model_classes)
-    train = os.path.join(path, "train")
-    if os.path.isdir(train):
-        return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
-    return None
-
-
-def evaluate_imagenet(models, path: str, split: str, protocol: str, runtime: Runtime, batch_size: int,
-                      workers: int, skip_bad_images: bool, classes: list[str] | None = None,
-                      cache_dir: str | None = None) -> dict[str, Any]:
-    from pathlib import Path
-
-    from ..data.imagenet import ImageFolder
-    from .tta import evaluate_protocol, protocol_transform
-
-    if split not in ("val", "train"):
-        raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")
-    dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol),
-                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images,
-                          cache_dir=cache_dir)
-    result = evaluate_protocol(models, dataset, protocol, batch_size, runtime, num_workers=workers)
-    result.update(split=split, dataset="imagenet", protocol=protocol)
-    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = [model_from_file(p) for p in args.checkpoint or []]
     if args.weights is not None or not loaded:
-        from .predict import network_from_args
-
         net, config = network_from_args(args.model, args.weights, None)
         loaded.append((net, {"model": config, "run": None}))
     device = resolve_device(args.device)
@@ -97,35 +55,37 @@ def run(args: argparse.Namespace) -> int:
     result["checkpoints"] = list(args.checkpoint or [])
     if args.weights is not None:
         result["weights"] = f"{args.model}:{args.weights}"
-    if not args.json:
-        print(f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
-              f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
-    else:
-        print(json.dumps(result))
+    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
+                         f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
     return 0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 error of trained networks on a data split",
-                              description=__doc__)
-    p.add_argument("--checkpoint", action="append", metavar="FILE",
-                   help="a training checkpoint (.pt) or a model.safetensors; repeat for an ensemble")
-    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model (see `resnets predict -h`)")
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoints(p, "a training checkpoint (.pt) or a model.safetensors; repeat --checkpoint for an ensemble "
+                       "(softmax scores averaged, Table 5)", required=False)
+    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model, instead of --checkpoint "
+                                                    "(see `resnets predict -h`)")
     p.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to evaluate")
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
-    p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train")
+    p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train "
+                                                  "(default: %(default)s)")
     p.add_argument("--tta", choices=["center", "10crop", "multiscale"], default="center",
-                   help="ImageNet test-time protocol (Sec. 3.4)")
+                   help="ImageNet test-time protocol (Sec. 3.4; default: %(default)s)")
     p.add_argument("--val-size", type=int, help="CIFAR-10: held-out images (default: as in training)")
     p.add_argument("--split-seed", type=int, help="CIFAR-10: split seed (default: as in training)")
-    p.add_argument("--cache-dir", help="where decoded-data and file-index caches live (default ~/.cache/resnets)")
+    p.add_argument("--cache-dir", help="where decoded-data and file-index caches live "
+                                       "(default: $RESNETS_CACHE or ~/.cache/resnets)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: 500 for CIFAR-10, 50 for ImageNet)")
     p.add_argument("--workers", type=int,
                    help="CIFAR-10: processes decoding image files (default: automatic); ImageNet: DataLoader "
                         "workers (default: 4)")
-    p.add_argument("--skip-bad-images", action="store_true")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="ImageNet: count and skip unreadable images instead of stopping")
+    add_device(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it; default: %(default)s)")
+    add_json(p)
     p.set_defaults(func=run)

@@ -1,26 +1,29 @@
-"""The `resnets` command line: one argparse parser, one subcommand per job.
+"""The `resnets` command line: one argparse parser, one module per command in this package.
 
-Each subcommand module exposes `add_parser(subparsers)`; its parser's `func` runs it.
-Errors caused by user input (`ResnetsError`) print as one line and exit with status 2.
+Each command module exposes `add_parser(subparsers)`; its parser's `func` runs it. Options
+common to several commands are spelled one way (`options.py`: `--out`, `--checkpoint`,
+`--device`, `--iters`, `--json`). Errors caused by user input (`ResnetsError`) and by the
+machine (a full disk, a read-only file system) print as one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 import torch
 
-from . import __version__
-from .errors import ResnetsError
+from .. import __version__
+from ..errors import ResnetsError
 
 
 # --- resnets models ----------------------------------------------------------------------
 
 def model_rows() -> list[dict]:
     """One row per listed model: depth, shortcut, params and multiply-adds at its natural size."""
-    from .models import count_flops, count_params, create_model, model_spec, list_models
+    from ..models import count_flops, count_params, create_model, model_spec, list_models
 
     rows = []
     for name in list_models():
@@ -38,13 +41,13 @@ def model_rows() -> list[dict]:
 
 def run_models(args: argparse.Namespace) -> int:
     if args.table1:
-        from .analysis.tables import architecture_tables
+        from ..analysis.tables import architecture_tables
 
         print(architecture_tables())
         return 0
     rows = model_rows()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"models": rows}))
         return 0
     header = f"{'model':<20}{'family':<10}{'depth':>6}  {'shortcut':<9}{'params':>14}{'input':>7}{'GFLOPs':>9}"
     print(header)
@@ -61,7 +64,8 @@ def add_models_parser(subparsers) -> None:
     p = subparsers.add_parser("models", help="list every network with its parameters and multiply-adds",
                               description="List every network of the paper: depth, default shortcut option, "
                                           "parameters and multiply-adds at its natural input size.")
-    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--json", action="store_true",
+                   help='print the table as one JSON object, {"models": [row, ...]}, the last line of the output')
     p.add_argument("--table1", action="store_true",
                    help="print the paper's Table 1 (ImageNet architectures) and the CIFAR architecture table")
     p.set_defaults(func=run_models)
@@ -77,13 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnets {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_models_parser(subparsers)
-    from . import convert_cli, export_cli
-    from .analysis import cli as analysis_cli
-    from .data import download
-    from .detection import cli as detect_cli
-    from .eval import cli as eval_cli
-    from .eval import predict
-    from .train import cli as train_cli
+    from . import analysis as analysis_cli
+    from . import convert as convert_cli
+    from . import detect as detect_cli
+    from . import download
+    from . import eval as eval_cli
+    from . import export as export_cli
+    from . import predict
+    from . import train as train_cli
 
     download.add_parser(subparsers)
     train_cli.add_parser(subparsers)
@@ -98,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that say something about the machine rather than the program: no traceback.
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -108,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ResnetsError as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _MACHINE_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"resnets {args.command}: error: {where}{e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"resnets {args.command}: interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Command-line front ends: `resnets reproduce`, `resnets plot`, `resnets analyze`."""
+"""`resnets reproduce`, `resnets plot` and `resnets analyze`: the paper's experiments and figures."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from .options import add_checkpoints, add_json, report
 
 # Training flags `reproduce` passes through to every run (same meaning and help as `resnets train`).
 PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmup", "--eval-every", "--log-every",
@@ -29,20 +30,20 @@ def parse_depths(text: str) -> list[int]:
 # --- resnets reproduce ---------------------------------------------------------------------
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from ..train.cli import overrides_from_args
-    from .reproduce import reproduce_cifar10
+    from .train import overrides_from_args
+    from ..analysis.reproduce import reproduce_cifar10
 
     overrides = overrides_from_args(args, PASSTHROUGH_FLAGS)
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
-    report = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
-                               seeds=args.seeds, overrides=overrides, response_images=args.response_images,
-                               command=command, report_only=args.report_only)
-    print(f"report: {report}")
+    path = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
+                             seeds=args.seeds, overrides=overrides, response_images=args.response_images,
+                             command=command, report_only=args.report_only)
+    report(args, {"report": str(path)}, f"report: {path}")
     return 0
 
 
 def add_reproduce_parser(subparsers) -> None:
-    from ..train.cli import add_config_flags
+    from .train import add_config_flags
 
     p = subparsers.add_parser(
         "reproduce", help="run a table's experiments and write a report with figures",
@@ -62,18 +63,19 @@ def add_reproduce_parser(subparsers) -> None:
                    help="train nothing: write the figures and report.md from the runs as they are now")
     group = p.add_argument_group("schedule and run settings (shortening the schedule is noted in the report)")
     add_config_flags(group, PASSTHROUGH_FLAGS, config_file=False)
+    add_json(p)
     p.set_defaults(func=run_reproduce)
 
 
 # --- resnets plot --------------------------------------------------------------------------
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_training_curves
-    from .runs import load_run
+    from ..analysis.plots import plot_training_curves
+    from ..analysis.runs import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
     out = plot_training_curves(runs, args.out, args.title, ymax=args.ymax)
-    print(f"wrote {out}")
+    report(args, {"written": str(out)}, f"wrote {out}")
     return 0
 
 
@@ -87,14 +89,15 @@ def add_plot_parser(subparsers) -> None:
     p.add_argument("--title", help="figure title")
     p.add_argument("--ymax", type=float, metavar="PERCENT",
                    help="top of the error axis, e.g. 20 to see low training errors (default: fit the curves)")
+    add_json(p)
     p.set_defaults(func=run_plot)
 
 
 # --- resnets analyze -----------------------------------------------------------------------
 
 def run_responses(args: argparse.Namespace) -> int:
-    from .plots import plot_responses
-    from .responses import measure_checkpoints
+    from ..analysis.plots import plot_responses
+    from ..analysis.responses import measure_checkpoints
 
     out = Path(args.out)
     results = measure_checkpoints(args.checkpoint, args.data, args.images, args.val_size, args.split_seed,
@@ -102,10 +105,11 @@ def run_responses(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "responses.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
     plot_responses(results, out / "responses.png", args.title)
-    for r in results:
-        print(f"{r.label}: {len(r.stds)} layers, mean std {sum(r.stds) / len(r.stds):.4f}, "
-              f"max {max(r.stds):.4f}, min {min(r.stds):.4f}")
-    print(f"wrote {out / 'responses.json'} and {out / 'responses.png'}")
+    lines = [f"{r.label}: {len(r.stds)} layers, mean std {sum(r.stds) / len(r.stds):.4f}, "
+             f"max {max(r.stds):.4f}, min {min(r.stds):.4f}" for r in results]
+    report(args, {"written": [str(out / "responses.json"), str(out / "responses.png")],
+                  "responses": [r.to_dict() for r in results]},
+           "\n".join(lines + [f"wrote {out / 'responses.json'} and {out / 'responses.png'}"]))
     return 0
 
 
@@ -118,13 +122,14 @@ def add_analyze_parser(subparsers) -> None:
         description="Fig. 7: the std of each 3x3 layer's response (after BN, before ReLU and addition) over the "
                     "first N validation images: per channel over images and positions, averaged over channels. "
                     "Writes OUT/responses.json and OUT/responses.png (network order on top, sorted below).")
-    r.add_argument("--checkpoint", nargs="+", required=True, metavar="FILE",
-                   help="model.safetensors or checkpoints/*.pt of trained CIFAR networks")
+    add_checkpoints(r, "model.safetensors or checkpoints/*.pt of a trained CIFAR network; repeat --checkpoint "
+                       "to compare several on one figure")
     r.add_argument("--data", required=True, metavar="PATH", help="CIFAR-10 location")
-    r.add_argument("--out", required=True, metavar="DIR")
+    r.add_argument("--out", required=True, metavar="DIR", help="folder for responses.json and responses.png")
     r.add_argument("--images", type=int, default=500, help="first N validation images (default: %(default)s)")
     r.add_argument("--val-size", type=int, default=5000, help="validation split size (default: %(default)s)")
     r.add_argument("--split-seed", type=int, default=0, help="validation split seed (default: %(default)s)")
-    r.add_argument("--cache-dir", help="decode cache directory")
+    r.add_argument("--cache-dir", help="decode cache directory (default: $RESNETS_CACHE or ~/.cache/resnets)")
     r.add_argument("--title", help="figure title")
+    add_json(r)
     r.set_defaults(func=run_responses)

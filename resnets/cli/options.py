@@ -1,0 +1,72 @@
+"""The options every command spells the same way.
+
+- `--out`: where a command's output goes (a run directory, a folder or a file).
+- `--checkpoint FILE`: the trained network to use; repeated where several form an ensemble.
+- `--device {auto,cpu,cuda}`: "auto" is CUDA when available, else the CPU.
+- `--iters N`: a number of training iterations.
+- `--json`: print the result as one JSON object, the last line of the output.
+
+Spellings from before this convention (`--run-dir`, `--out-dir`, `--iterations`, `--dir`)
+still work, hidden from --help and with a warning, so existing commands keep running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores into the new option's dest and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new_name: str, **kwargs) -> None:
+        self.new_name = new_name
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"resnets: {option_string} is deprecated; use {self.new_name}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(parser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    parser.add_argument(old, dest=dest, action=_DeprecatedAlias, new_name=new, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_out(parser, help: str, metavar: str, required: bool = True, old: str | None = None) -> None:
+    """`--out`; with `old`, that spelling is also accepted (and `--out` checked by `require`)."""
+    parser.add_argument("--out", metavar=metavar, required=required and old is None, help=help)
+    if old is not None:
+        add_deprecated_alias(parser, old, "--out", dest="out", metavar=metavar)
+
+
+def require(args: argparse.Namespace, dest: str, option: str) -> Any:
+    value = getattr(args, dest, None)
+    if value is None:
+        raise ConfigError(f"{option} is required")
+    return value
+
+
+def add_device(parser, default: str = "auto") -> None:
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help='where to run: "auto" is CUDA when available, else the CPU (default: %(default)s)')
+
+
+def add_json(parser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object, the last line of the output")
+
+
+def add_checkpoints(parser, help: str, required: bool = True) -> None:
+    """A repeated `--checkpoint FILE` (several files after one `--checkpoint` are accepted too)."""
+    parser.add_argument("--checkpoint", action="extend", nargs="+", required=required, metavar="FILE", help=help)
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    """Print `text` for people, or with --json the result as one JSON object on the last line."""
+    print(json.dumps(result) if getattr(args, "json", False) else text, flush=True)

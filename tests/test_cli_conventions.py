@@ -1,0 +1,110 @@
+"""One command line, one convention (issues 12 and 14): every option has help that says what it
+does, outputs go to --out, devices are one set, --json prints one JSON object last, and
+the stride placement is one flag pair."""
+
+import argparse
+import json
+
+import pytest
+
+from resnets.cli import build_parser, main
+from resnets.cli.options import DEVICES
+
+
+def commands(parser=None, path=("resnets",)):
+    """(path, parser) for every leaf command, nested ones (detect train, analyze responses) included."""
+    parser = parser or build_parser()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+        return
+    for name, sub in subs[0].choices.items():
+        yield from commands(sub, path + (name,))
+
+
+LEAVES = dict(commands())
+HIDDEN_ALIASES = {"--run-dir", "--out-dir", "--iterations", "--dir"}
+
+
+def options(parser):
+    return [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+@pytest.mark.parametrize("command", sorted(LEAVES))
+def test_every_option_has_help(command):
+    for action in options(LEAVES[command]):
+        name = "/".join(action.option_strings) or action.dest
+        if action.help == argparse.SUPPRESS:
+            # only the spellings kept for existing commands, and convert's old positional DST
+            assert set(action.option_strings) <= HIDDEN_ALIASES and (action.option_strings or action.dest == "dst")
+            continue
+        assert action.help and len(action.help) > 10, f"{command} {name} has no help text"
+
+
+@pytest.mark.parametrize("command", sorted(LEAVES))
+def test_one_convention_for_outputs_devices_and_json(command):
+    parser = LEAVES[command]
+    by_flag = {flag: a for a in options(parser) for flag in a.option_strings}
+    visible = {f for f, a in by_flag.items() if a.help != argparse.SUPPRESS}
+    assert not visible & {"--run-dir", "--out-dir", "--iterations", "--dir", "--output"}, command
+    if "--device" in by_flag:
+        assert tuple(by_flag["--device"].choices) == DEVICES, command
+    assert "--json" in by_flag, command
+    if "--checkpoint" in by_flag and by_flag["--checkpoint"].nargs == "+":
+        assert isinstance(by_flag["--checkpoint"], argparse._ExtendAction), command  # repeated --checkpoint
+
+
+def test_negated_flags_say_what_they_do():
+    train = LEAVES["resnets train"]
+    helps = {flag: a.help for a in options(train) for flag in a.option_strings}
+    assert helps["--no-tensorboard"].split("] ", 1)[1].startswith("do not write")
+    assert "Also log" not in helps["--no-tensorboard"]
+    assert "keep NCHW" in helps["--no-channels-last"] and "slower" in helps["--no-channels-last"]
+
+
+def test_train_stride_placement_is_one_flag_pair(capsys):
+    import yaml
+
+    for flags, expected in (([], True), (["--stride-in-1x1"], True), (["--stride-in-3x3"], False)):
+        assert main(["train", "--model", "resnet50", *flags, "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["stride_in_1x1"] is expected
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--stride-in-1x1", "--stride-in-3x3", "--print-config"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_old_spellings_still_run_with_a_note(tmp_path, capsys):
+    parser = build_parser()
+    args = parser.parse_args(["detect", "train", "--run-dir", str(tmp_path / "r"), "--iterations", "3"])
+    assert args.out == str(tmp_path / "r") and args.iters == 3
+    args = parser.parse_args(["detect", "predict", "--checkpoint", "c.pt", "x.png", "--out-dir", "preds"])
+    assert args.out == "preds"
+    args = parser.parse_args(["download-cifar10", "--dir", "data"])
+    assert args.out == "data"
+    err = capsys.readouterr().err
+    assert "--run-dir is deprecated; use --out" in err and "--iterations is deprecated; use --iters" in err
+
+
+def test_json_is_one_object_on_the_last_line(tmp_path, capsys, tiny_cifar):
+    assert main(["models", "--json"]) == 0
+    assert "models" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50",
+                 "--batch-size", "16", "--iters", "2", "--milestones", "1", "--device", "cpu", "--precision", "fp32",
+                 "--no-tensorboard", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["event"] == "summary" and summary["iteration"] == 2
+    assert main(["train", "--resume", "--out", str(out)]) == 0  # without --json: words, not JSON
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("resnets train: cifar_resnet8 finished at iteration 2")
+    import torch
+
+    from resnets import create_model
+
+    # a CIFAR ResNet as the common CIFAR repositories save it ('module.' prefix, 'linear' classifier)
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in create_model("cifar_resnet8").state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "r8.th")
+    assert main(["convert", str(tmp_path / "r8.th"), "--out", str(tmp_path / "c.safetensors"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == str(tmp_path / "c.safetensors")
+    assert main(["plot", str(out), "--out", str(tmp_path / "fig.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"written": str(tmp_path / "fig.png")}
