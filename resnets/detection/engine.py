@@ -157,13 +157,12 @@ def saved_config(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config of the run in `run_dir` (from its checkpoint) and the data it trained on
     (from its config.yaml): what a resume starts from."""
     run = Path(run_dir)
-    ckpt = checkpoint_dir(run) / "last.pt"
-    if not ckpt.is_file():
-        raise CheckpointError(f"cannot resume: {ckpt} does not exist")
+    state, path = load_resume_checkpoint(run)
+    _check_detection_checkpoint(state, path)
     data: dict[str, Any] = {}
     if (run / "config.yaml").is_file():
         data = load_yaml(run / "config.yaml").get("data") or {}
-    return load_checkpoint(ckpt)["config"], data
+    return state["config"], data
 
 
 def train(

@@ -218,7 +218,8 @@ def test_config_yaml_is_replaced_atomically(tmp_path, monkeypatch):
         engine.train(cfg.replace(iterations=2), synthetic(), run_dir, model=tiny_detector(cfg), resume=True)
     monkeypatch.setattr(Path, "write_text", real_write_text)
     assert (run_dir / "config.yaml").read_text() == before
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml", "config_history.jsonl",
+                                                         "metrics.jsonl", "run.lock"]
 
 
 def test_version_1_checkpoints_still_load(tmp_path):

@@ -79,7 +79,7 @@ def test_resume_finished_changed_and_locked(tmp_path):
     with pytest.raises(CheckpointError, match="cannot resume: .*never-trained does not exist"):
         engine.train(CFG, DATA, tmp_path / "never-trained", model=tiny_detector(), resume=True, log=None)
     (tmp_path / "never-trained").mkdir()  # used to start afresh, silently
-    with pytest.raises(CheckpointError, match="cannot resume: .*last.pt does not exist"):
+    with pytest.raises(CheckpointError, match="cannot resume: .*holds no checkpoint"):
         engine.train(CFG, DATA, tmp_path / "never-trained", model=tiny_detector(), resume=True, log=None)
 
 

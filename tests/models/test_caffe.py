@@ -192,7 +192,7 @@ def test_caffe_resnet50_gives_the_caffe_networks_logits(resnet50_caffe, tmp_path
         expected = caffe_forward(layers, blobs, caffe_input)
 
     dst = tmp_path / "resnet50-caffe.safetensors"
-    assert main(["convert", str(root / "ResNet-50-model.caffemodel"), str(dst),
+    assert main(["convert", str(root / "ResNet-50-model.caffemodel"), "--out", str(dst),
                  "--prototxt", str(root / "ResNet-50-deploy.prototxt"),
                  "--mean-file", str(root / "ResNet_mean.binaryproto")]) == 0
     config = read_weights_config(dst)
@@ -227,7 +227,7 @@ def test_the_101_and_152_layer_names_map_to_their_networks(tmp_path):
 
 def test_caffe_inputs_that_do_not_fit_give_clear_errors(resnet50_caffe, tmp_path, capsys):
     root, layers, blobs, _ = resnet50_caffe
-    args = [str(root / "ResNet-50-model.caffemodel"), str(tmp_path / "out.safetensors")]
+    args = [str(root / "ResNet-50-model.caffemodel"), "--out", str(tmp_path / "out.safetensors")]
     assert main(["convert", *args, "--prototxt", str(root / "ResNet-50-deploy.prototxt")]) == 2
     assert "--mean-file" in capsys.readouterr().err
     assert main(["convert", *args, "--prototxt", str(root / "ResNet-50-deploy.prototxt"),

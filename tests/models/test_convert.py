@@ -53,7 +53,7 @@ def test_torchvision_resnet50_converts_exactly_with_its_stride_placement(tmp_pat
     expected = reference(Normalize.channel()(x))
 
     dst = tmp_path / "model.safetensors"
-    assert cli([str(src), str(dst), "--stride-in-3x3"]) == 0
+    assert cli([str(src), "--out", str(dst), "--stride-in-3x3"]) == 0
     config = read_weights_config(dst)
     assert config["name"] == "resnet50" and config["num_classes"] == 7  # inferred from the layers
     assert config["stride_in_1x1"] is False and config["normalization"] == "channel_mean_std"
@@ -69,13 +69,13 @@ def test_torchvision_resnet50_converts_exactly_with_its_stride_placement(tmp_pat
     # file does not record its placement (torchvision's own files are recognised, see
     # test_pretrained.py).
     with pytest.warns(UserWarning, match="do not record their bottleneck stride placement"):
-        assert cli([str(src), str(tmp_path / "paper.safetensors")]) == 0
+        assert cli([str(src), "--out", str(tmp_path / "paper.safetensors")]) == 0
     assert read_weights_config(tmp_path / "paper.safetensors")["stride_in_1x1"] is True
-    assert cli([str(src), str(tmp_path / "p1.safetensors"), "--stride-in-1x1"]) == 0
+    assert cli([str(src), "--out", str(tmp_path / "p1.safetensors"), "--stride-in-1x1"]) == 0
     assert read_weights_config(tmp_path / "p1.safetensors")["stride_in_1x1"] is True
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        cli([str(src), str(tmp_path / "x.safetensors"), "--stride-in-1x1", "--stride-in-3x3"])
+        cli([str(src), "--out", str(tmp_path / "x.safetensors"), "--stride-in-1x1", "--stride-in-3x3"])
     assert "not allowed with argument" in capsys.readouterr().err
 
 
@@ -109,7 +109,7 @@ def test_akamaster_cifar_resnet20_converts_to_the_same_function(tmp_path):
     src = tmp_path / "resnet20-12fca82f.th"  # a file name is no identity: its sha256 matches no published file
     save_akamaster_checkpoint(reference, src)
     dst = tmp_path / "cifar_resnet20.safetensors"
-    assert cli([str(src), str(dst)]) == 0
+    assert cli([str(src), "--out", str(dst)]) == 0
     config = read_weights_config(dst)
     assert config == {"name": "cifar_resnet20", "num_classes": 10, "shortcut": "A", "stride_in_1x1": True,
                       "normalization": "channel_mean_std", "converted_from": "akamaster",
@@ -132,7 +132,7 @@ def test_akamaster_mean_std_override(tmp_path):
     src = tmp_path / "resnet8.th"
     save_akamaster_checkpoint(reference, src)
     dst = tmp_path / "out.safetensors"
-    cli([str(src), str(dst), "--model", "cifar_resnet8", "--mean", "0.4914,0.4822,0.4465", "--std", "0.247,0.243,0.261"])
+    cli([str(src), "--out", str(dst), "--model", "cifar_resnet8", "--mean", "0.4914,0.4822,0.4465", "--std", "0.247,0.243,0.261"])
     x = torch.rand(2, 3, 32, 32)
     norm = Normalize.channel((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
     loaded = create_model("cifar_resnet8", weights=str(dst)).eval()
@@ -156,7 +156,7 @@ def test_published_akamaster_checkpoints_load_as_published(file, n, peer_weights
         into = load_state_dict(create_model(name), published).eval()
         into.input_norm = Normalize.channel()
         dst = tmp_path / f"{name}.safetensors"
-        assert cli([str(published), str(dst)]) == 0
+        assert cli([str(published), "--out", str(dst)]) == 0
         converted, info = model_from_file(dst)
         for net in (direct, into, converted.eval()):
             torch.testing.assert_close(net(images), expected, rtol=1e-4, atol=1e-4)
@@ -206,7 +206,7 @@ def test_convert_keeps_the_normalisation_the_source_was_trained_with(tmp_path):
     # A training checkpoint in the format written since a0f3558 (per-pixel mean, the paper's).
     torch.save({"iteration": 10, "config": to_dict(config), "model": trained.state_dict(), "optimizer": {},
                 "schedule": {}, "normalize": {"mean": mean_image}}, run / "last.pt")
-    assert cli([str(run / "last.pt"), str(tmp_path / "r8.safetensors")]) == 0
+    assert cli([str(run / "last.pt"), "--out", str(tmp_path / "r8.safetensors")]) == 0
     net = create_model("cifar_resnet8", weights=str(tmp_path / "r8.safetensors")).eval()
     assert net.input_norm.kind == "per_pixel_mean" and torch.equal(net.input_norm.mean, mean_image)
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
@@ -217,7 +217,7 @@ def test_convert_keeps_the_normalisation_the_source_was_trained_with(tmp_path):
     # Weights from elsewhere that carry a mean image beside the network keep it as well.
     foreign = {**trained.state_dict(), "input_norm.mean": mean_image, "input_norm.std": torch.ones(3, 1, 1)}
     save_file({k: v.contiguous() for k, v in foreign.items()}, tmp_path / "foreign.safetensors")
-    assert cli([str(tmp_path / "foreign.safetensors"), str(tmp_path / "kept.safetensors"), "--model", "cifar_resnet8"]) == 0
+    assert cli([str(tmp_path / "foreign.safetensors"), "--out", str(tmp_path / "kept.safetensors"), "--model", "cifar_resnet8"]) == 0
     kept = create_model("cifar_resnet8", weights=str(tmp_path / "kept.safetensors"))
     assert torch.equal(kept.input_norm.mean, mean_image)
     with pytest.raises(ConfigError, match="carry their own input normalisation"):
@@ -229,7 +229,7 @@ def test_convert_keeps_the_normalisation_the_source_was_trained_with(tmp_path):
 def test_std_without_mean_is_a_one_line_error(tmp_path, capsys):
     sd = create_model("cifar_resnet8").state_dict()
     save_file({**sd, "input_norm.std": torch.ones(3, 1, 1)}, tmp_path / "half.safetensors")
-    assert cli([str(tmp_path / "half.safetensors"), str(tmp_path / "out.safetensors"), "--model", "cifar_resnet8"]) == 2
+    assert cli([str(tmp_path / "half.safetensors"), "--out", str(tmp_path / "out.safetensors"), "--model", "cifar_resnet8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "half.safetensors" in err
     assert "input_norm.mean" in err and "input_norm.std" in err and "Traceback" not in err

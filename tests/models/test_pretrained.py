@@ -124,7 +124,7 @@ def test_torchvision_weights_build_v15_with_their_preprocessing(serve_pretrained
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert main(["convert", str(tmp_path / "cache" / "weights" / "resnet50-0676ba61.pth"),
-                     str(tmp_path / "r50.safetensors")]) == 0
+                     "--out", str(tmp_path / "r50.safetensors"), "--json"]) == 0
     assert '"weights": "torchvision-imagenet1k-v1"' in capsys.readouterr().out
     assert create_model("resnet50", weights=str(tmp_path / "r50.safetensors")).layer2[0].conv2.stride == (2, 2)
 

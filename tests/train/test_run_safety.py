@@ -268,11 +268,14 @@ def test_another_data_set_is_refused_the_same_data_elsewhere_is_not(crashed_run,
 
 
 def test_a_checkpoint_in_todays_format_still_resumes_exactly(crashed_run, finished_run):
-    # The engine before this change wrote no data fingerprint, no history and no lock file.
+    # The engine of commit a0f3558 wrote no data fingerprint, no history and no lock file, and
+    # kept the per-pixel mean image in a "normalize" entry instead of `input_norm.*` tensors.
     for name in ("last.pt", "previous.pt"):
         path = crashed_run / "checkpoints" / name
         state = load_checkpoint(path)
         del state["data_fingerprint"]
+        state["normalize"] = {"mean": state["model"].pop("input_norm.mean")}
+        del state["model"]["input_norm.std"]
         assert state.keys() == TODAYS_CHECKPOINT_KEYS
         torch.save(state, path)
     (crashed_run / HISTORY_FILE).unlink()
