@@ -1,14 +1,6 @@
-"""What `resnets predict IMAGE... (--model NAME --weights TAG | --checkpoint FILE...)` does
-(the command is `resnets.cli.predict`): the top-5 classes of each image.
-
-Each image is prepared as the weights' own evaluation did: CIFAR networks see the image
-resized to 32x32; ImageNet networks see the center crop of the image resized on its shorter
-side (224 of 256 for the paper's and torchvision's V1 weights, 224 of 232 for torchvision's
-V2). The normalisation travels with the weights (a per-pixel mean image for networks
-trained here and the authors' Caffe models, ImageNet's channel mean/std for torchvision and
-akamaster weights), and so do the class names. IMAGE may be a file, a folder (its images,
-recursively) or a glob; an unreadable image is reported and skipped.
-"""
+"""The pieces of `resnets predict` (the command is `resnets.cli.predict`): the network from a
+pretrained tag or a file, the view its own evaluation used (`eval_view`), the images named
+by files, folders and globs (`find_images`), and the top classes of a batch (`predict`)."""
 
 from __future__ import annotations
 
