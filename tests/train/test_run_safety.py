@@ -60,10 +60,10 @@ def finished_run(tiny_cifar, tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def crashed_run(tiny_cifar, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def crashed_once(tiny_cifar, tmp_path_factory):
     """A run killed right after its checkpoint at iteration 6 (of 12)."""
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("crashed") / "run"
     real_save = engine.save_checkpoint
 
     def crash_at_six(run_dir, state):
@@ -72,10 +72,19 @@ def crashed_run(tiny_cifar, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(engine, "save_checkpoint", crash_at_six)
-    with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(tiny_cifar, out))
-    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "save_checkpoint", crash_at_six)
+        with pytest.raises(KeyboardInterrupt):
+            engine.train(tiny_config(tiny_cifar, out))
+    return out
+
+
+@pytest.fixture
+def crashed_run(crashed_once, tmp_path):
+    """A copy of `crashed_once` for one test to resume (its config.yaml still names the original
+    directory as `out`: `--out` says where the run is now)."""
+    out = tmp_path / "run"
+    shutil.copytree(crashed_once, out)
     return out
 
 
@@ -280,7 +289,8 @@ def test_a_checkpoint_in_todays_format_still_resumes_exactly(crashed_run, finish
         torch.save(state, path)
     (crashed_run / HISTORY_FILE).unlink()
     (crashed_run / LOCK_FILE).unlink()
-    engine.train(resolve_config(base=yaml.safe_load((crashed_run / "config.yaml").read_text())), resume=True)
+    engine.train(resolve_config(base=yaml.safe_load((crashed_run / "config.yaml").read_text()),
+                                overrides={"out": str(crashed_run)}), resume=True)
     assert logged(crashed_run) == logged(finished_run)
     a, b = weights(crashed_run), weights(finished_run)
     assert all(torch.equal(a[k], b[k]) for k in a)
