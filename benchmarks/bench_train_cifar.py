@@ -88,8 +88,7 @@ def baseline_runner(name, images, labels, mean, batch, device, workers):
 
 def engine_runner(name, images, labels, mean, batch, device, precision, compile_mode=None):
     """A callable running n steps exactly as `resnets train` does (data pipeline + train_step)."""
-    model = create_model(name)
-    model.input_norm = Normalize(mean)
+    model = create_model(name, input_norm=Normalize(mean))
     model = model.to(device, memory_format=torch.channels_last)
     opt = sgd(model)
     if compile_mode is not None:  # `resnets train --compile`; compiled during the untimed warm-up

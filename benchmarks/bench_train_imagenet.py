@@ -27,8 +27,7 @@ from resnets.runtime import fast_bf16_available
 def time_training(model_name: str, device: torch.device, batch_size: int, size: int, precision: str,
                   channels_last: bool, iters: int, warmup: int) -> dict:
     torch.manual_seed(0)
-    model = create_model(model_name)
-    model.input_norm = Normalize.channel()
+    model = create_model(model_name, input_norm=Normalize.channel())
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -141,7 +141,7 @@ class TrainConfig:
     channels_last: bool = True
     """NHWC memory format: faster convolutions with oneDNN and cuDNN."""
     compile: bool = False
-    """torch.compile the model (longer start-up, faster steps on GPU)."""
+    """torch.compile the model: 10-40 s longer start-up, ~5% faster steps on CPU (docs/performance.md)."""
     eval_every: int = field(default=2000, metadata=marks(REPORT))
     """Validate every N iterations (and at the end)."""
     log_every: int = 100
