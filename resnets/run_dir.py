@@ -13,15 +13,19 @@
 - `non_finite`: the names of tensors holding NaN or inf, checked before any checkpoint is
   written, so a checkpoint is never poisoned; `describe_failed_write` says in one line why
   a checkpoint could not be written (a full disk) and that the previous one is intact.
+- `code_version` and `file_sha256`: the provenance a run records (the history's every line,
+  the final weights): which code trained it and which data file it read.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,11 +120,38 @@ def describe_changes(changes: Mapping[str, list[Any]]) -> str:
     return ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
 
 
+def code_version() -> str:
+    """The code that is running: "git:<commit>" of the checkout `resnets` is imported from
+    ("+dirty" when tracked files differ from it), else "resnets <version>" for an installed
+    package. A run spanning sessions may resume under newer code; each history line says which."""
+    from . import __version__
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+    try:
+        # Only the checkout that holds this very package, not a repository around a venv it is installed in.
+        if Path(git("rev-parse", "--show-toplevel")).resolve() == root:
+            return f"git:{git('rev-parse', 'HEAD')}{'+dirty' if git('status', '--porcelain', '--untracked-files=no') else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"resnets {__version__}"
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a data file (what `sha256sum` prints); None for a directory of files."""
+    if not Path(path).is_file():
+        return None
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def append_history(run_dir: str | os.PathLike, event: str, iteration: int, config: Mapping[str, Any],
                    changes: Mapping[str, list[Any]] | None = None, **extra: Any) -> None:
-    """One line: the config in effect from `iteration` on, and what changed there."""
+    """One line: the config in effect from `iteration` on, what changed there, and the code that ran."""
     row = {"event": event, "iteration": iteration, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "changes": dict(changes or {}), **extra, "config": dict(config)}
+           "changes": dict(changes or {}), "code": code_version(), **extra, "config": dict(config)}
     with open(Path(run_dir) / HISTORY_FILE, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()

@@ -33,8 +33,8 @@ from ..eval.evaluate import evaluate
 from ..models import load_state_dict, model_spec, save_weights
 from ..models.loading import build_model, weights_config
 from ..models.normalize import normalization_state
-from ..run_dir import (RunLock, append_history, config_changes, describe_changes, non_finite, optimizer_tensors,
-                       prepare_run_dir)
+from ..run_dir import (RunLock, append_history, code_version, config_changes, describe_changes, file_sha256,
+                       non_finite, optimizer_tensors, prepare_run_dir)
 from ..runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
 from .data import BatchShard, RunData, build_cifar
 from .imagenet_data import MEAN_FILE, build_imagenet
@@ -242,6 +242,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
 
     model.train()
     last_val: dict[str, float] | None = None
+    last_train: dict[str, float] = {}
     lr = None
     t_window, images_window = time.perf_counter(), 0
     stream = data.train.batches(step)
@@ -281,10 +282,10 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         if log_now:
             w = reduced(stats.window())
             elapsed = time.perf_counter() - t_window
+            last_train = {"train_loss": float(w[0] / w[3]), "train_error": 100.0 * float(w[1] / max(w[2], 1))}
             log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
-                       "lr": lr, "train_loss": float(w[0] / w[3]),
-                       "train_error": 100.0 * float(w[1] / max(w[2], 1)),
-                       "images_per_s": round(images_window / max(elapsed, 1e-9), 1), **bad_images()})
+                       "lr": lr, **last_train, "images_per_s": round(images_window / max(elapsed, 1e-9), 1),
+                       **bad_images()})
             stats.reset_window()
             t_window, images_window = time.perf_counter(), 0
 
@@ -307,11 +308,16 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
     summary = {"event": "summary", "iteration": step, "model": config.model.name, "dataset": config.data.dataset,
                "data": data.description, "val_error": last_val["top1_err"] if last_val else None,
                "val_top5_error": last_val["top5_err"] if last_val else None,
+               **last_train,  # over the last log window; absent when resumed at the very end
                "params": sum(p.numel() for p in model.parameters()), "device": str(rt.device),
                "precision": rt.precision, "processes": rt.world_size, **bad_images()}
     if rt.is_main:
+        # Provenance travels with the weights: the config, the data (the file's sha256, and the
+        # decoded content's fingerprint the run checked on every resume) and the code.
+        provenance = {"config": to_dict(config), "data_sha256": file_sha256(config.data.path) if config.data.path else None,
+                      "data_fingerprint": data.fingerprint, "code": code_version()}
         save_weights(run_dir / "model.safetensors", model, weights_config(config.model, data.num_classes, data.classes),
-                     metadata={**{k: v for k, v in summary.items() if k != "event"}, "config": to_dict(config)})
+                     metadata={**{k: v for k, v in summary.items() if k != "event"}, **provenance})
         log.write(summary)
     log.close()
     return summary

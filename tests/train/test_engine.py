@@ -321,3 +321,30 @@ def test_a_run_checkpointed_by_commit_a0f3558_resumes_exactly(reference_run, tin
     engine.train(tiny_config(tiny_cifar, out), resume=True)
     assert train_rows(out) == train_rows(ref_out)
     assert_same_weights(final_weights(out), final_weights(ref_out))
+
+
+def test_final_weights_carry_their_provenance(tiny_cifar, tmp_path):
+    # Shipped weights (issue 10) must say which data file and which code made them, and how
+    # they ended: the archive's sha256 (what `sha256sum` prints), the git commit, the errors.
+    import hashlib
+    import tarfile
+
+    from resnets.models.weights import read_weights_metadata
+    from resnets.run_dir import read_history
+
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_cifar / "train", arcname="train")
+    out = tmp_path / "run"
+    summary = engine.train(tiny_config(archive, out, **{"optim.iters": 6, "optim.milestones": "3,5"}))
+    meta = read_weights_metadata(out / "model.safetensors")
+    assert meta["data_sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert meta["data_fingerprint"].startswith("sha256:")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert meta["code"].removesuffix("+dirty") == f"git:{head}"
+    assert read_history(out)[0]["code"] == meta["code"]  # every start and resume records its code too
+    last = [r for r in read_metrics(out) if r["event"] == "train"][-1]
+    assert meta["train_error"] == summary["train_error"] == last["train_error"]
+    assert meta["iteration"] == 6 and meta["val_error"] == summary["val_error"]
+    assert meta["config"]["optim"]["iters"] == 6
