@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -124,7 +125,6 @@ def code_version() -> str:
     """The code that is running: "git:<commit>" of the checkout `resnets` is imported from
     ("+dirty" when tracked files differ from it), else "resnets <version>" for an installed
     package. A run spanning sessions may resume under newer code; each history line says which."""
-    from . import __version__
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -136,7 +136,10 @@ def code_version() -> str:
             return f"git:{git('rev-parse', 'HEAD')}{'+dirty' if git('status', '--porcelain', '--untracked-files=no') else ''}"
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"resnets {__version__}"
+    try:
+        return f"resnets {importlib.metadata.version('resnets')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "resnets (unknown version)"
 
 
 def file_sha256(path: str | os.PathLike) -> str | None:
