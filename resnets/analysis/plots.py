@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 DPI = 100
 CURVES_FIGSIZE = (8.0, 5.0)  # inches -> 800 x 500 px
 RESPONSES_FIGSIZE = (8.0, 8.0)  # two panels -> 800 x 800 px
+FIG6_ZOOM_BELOW = 15.0  # final errors (%) under which Fig. 6 uses the paper's 0-20% axis
 
 
 def _colors(n: int) -> list:
@@ -32,17 +33,8 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str | None = None,
-                         ymax: float | None = None) -> Path:
-    """Training error (dashed) and validation error (bold) of each run against iterations.
-
-    `ymax`: the top of the error axis in %, to look closely at low errors (Fig. 6 right
-    spans 0-20%); by default just above the highest error plotted.
-    """
-    if ymax is not None and not 0 < ymax <= 100:
-        raise ConfigError(f"--ymax: expected an error in (0, 100] percent, got {ymax}")
-    out = Path(out)
-    fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, dpi=DPI)
+def _draw_curves(ax, runs: Sequence[RunResult], ymax: float | None) -> None:
+    """Training error dashed, validation error bold, one colour per run (the paper's Fig. 6 style)."""
     highest = 0.0
     for run, color in zip(runs, _colors(len(runs))):
         if run.train:
@@ -62,12 +54,57 @@ def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str 
     ax.grid(True, alpha=0.3)
     if runs:
         ax.legend(loc="best", fontsize="small")
-    ax.set_title((title + "\n" if title else "") + "dashed: training error, bold: validation error", fontsize="medium")
+
+
+def _check_ymax(ymax: float | None) -> None:
+    if ymax is not None and not 0 < ymax <= 100:
+        raise ConfigError(f"--ymax: expected an error in (0, 100] percent, got {ymax}")
+
+
+def _save(fig, out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
     return out
+
+
+def plot_training_curves(runs: Sequence[RunResult], out: str | Path, title: str | None = None,
+                         ymax: float | None = None) -> Path:
+    """Training error (dashed) and validation error (bold) of each run against iterations.
+
+    `ymax`: the top of the error axis in %, to look closely at low errors (Fig. 6 right
+    spans 0-20%); by default just above the highest error plotted.
+    """
+    _check_ymax(ymax)
+    fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, dpi=DPI)
+    _draw_curves(ax, runs, ymax)
+    ax.set_title((title + "\n" if title else "") + "dashed: training error, bold: validation error", fontsize="medium")
+    return _save(fig, Path(out))
+
+
+def plot_fig6(plain: Sequence[RunResult], residual: Sequence[RunResult], out: str | Path,
+              ymax: float | None = None) -> Path:
+    """Fig. 6 as the paper draws it: plain networks on the left, ResNets on the right, on one
+    error axis, training error dashed, held-out error bold. A side with no runs is left out.
+
+    `ymax` by default: the paper's 0-20% when every run ends below FIG6_ZOOM_BELOW (where
+    the differences between depths are), otherwise the whole range (short or early runs).
+    """
+    _check_ymax(ymax)
+    if ymax is None:
+        finals = [(r.val or r.train)[-1][1] for r in (*plain, *residual) if r.val or r.train]
+        ymax = 20.0 if finals and max(finals) < FIG6_ZOOM_BELOW else None
+    panels = [(title, runs) for title, runs in (("plain networks", plain), ("ResNets", residual)) if runs]
+    if not panels:
+        raise ConfigError("Fig. 6: no runs to draw")
+    fig, axes = plt.subplots(1, len(panels), figsize=(CURVES_FIGSIZE[0] * len(panels) * 0.75, CURVES_FIGSIZE[1]),
+                             dpi=DPI, sharey=True, squeeze=False)
+    for ax, (title, runs) in zip(axes[0], panels):
+        _draw_curves(ax, runs, ymax)
+        ax.set_title(f"{title} on CIFAR-10", fontsize="medium")
+    fig.suptitle("Fig. 6: dashed: training error, bold: validation error (held-out 5k)", fontsize="medium")
+    return _save(fig, Path(out))
 
 
 def plot_responses(results: Sequence["ResponseStats"], out: str | Path, title: str | None = None) -> Path:

@@ -57,15 +57,61 @@ def table6_markdown(rows: Sequence[ModelRow]) -> str:
 
 def runs_markdown(runs: Sequence[RunResult]) -> str:
     lines = ["| run | state | iterations | final training error (%) | validation error (%) | images/s (median) "
-             "| device, precision |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| training time (h) | device, precision |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         last = r.train[-1][0] if r.train else 0
         speed = "–" if r.images_per_s is None else f"{r.images_per_s:.0f}"
+        hours = f"{r.training_seconds / 3600:.1f}" if r.training_seconds else "–"
         where = f"{r.summary.get('device')}, {r.summary.get('precision')}" if r.summary else "–"
         lines.append(f"| {r.run_dir.name} | {r.state} | {last} | {fmt_mean_std(r.final_train_error, None)} "
-                     f"| {fmt_mean_std(r.final_val_error, None)} | {speed} | {where} |")
+                     f"| {fmt_mean_std(r.final_val_error, None)} | {speed} | {hours} | {where} |")
     return "\n".join(lines)
+
+
+# With one seed per network a difference is called a result only when it exceeds this many
+# points: twice the seed-to-seed std the paper reports for ResNet-110 (6.61±0.16, Table 6).
+# With several seeds, twice the larger of the two networks' measured stds is used instead.
+ONE_SEED_NOISE = 0.32
+
+
+def _compare(lower: ModelRow, higher: ModelRow, what: str) -> str:
+    """'`higher` has higher training and validation error than `lower`', checked on the finished runs."""
+    parts, verdicts = [], []
+    for label, a, b in (("training", lower.train_mean_std, higher.train_mean_std),
+                        ("validation", lower.val_mean_std, higher.val_mean_std)):
+        if a[0] is None or b[0] is None:
+            return f"- {what}: not checked yet ({lower.model} and {higher.model} must both finish)."
+        stds = [x for x in (a[1], b[1]) if x is not None]
+        noise = 2 * max(stds) if len(stds) == 2 else ONE_SEED_NOISE
+        margin = b[0] - a[0]
+        verdicts.append("holds" if margin > noise else "within noise" if margin > -noise else "does not hold")
+        parts.append(f"{label} {b[0]:.2f}% vs {a[0]:.2f}% ({margin:+.2f} points; {verdicts[-1]})")
+    overall = ("**holds**" if set(verdicts) == {"holds"} else "**does not hold**" if "does not hold" in verdicts
+               else "**not shown beyond noise**")
+    return f"- {what}: {'; '.join(parts)}. {overall}."
+
+
+def claims_markdown(rows: Sequence[ModelRow]) -> str:
+    """The paper's claims about Table 6 / Fig. 6 (Sec. 4.2), checked on these runs' final errors."""
+    residual = sorted((r for r in rows if r.residual), key=lambda r: r.depth)
+    plain = {r.depth: r for r in rows if not r.residual}
+    lines = []
+    for shallow, deep in zip(sorted(plain), sorted(plain)[1:]):
+        lines.append(_compare(plain[shallow], plain[deep],
+                              f"Degradation (Fig. 6 left): plain-{deep} has higher error than plain-{shallow}"))
+    for shallow, deep in zip(residual, residual[1:]):
+        lines.append(_compare(deep, shallow, f"Depth pays with shortcuts (Table 6): ResNet-{deep.depth} "
+                                             f"has lower error than ResNet-{shallow.depth}"))
+    for r in residual:
+        if r.depth in plain:
+            lines.append(_compare(r, plain[r.depth], f"Shortcuts pay (Fig. 6): ResNet-{r.depth} has lower error "
+                                                     f"than plain-{r.depth}"))
+    if not lines:
+        return "No pair of networks to compare yet."
+    noise = (f"A difference counts when it exceeds twice the larger seed-to-seed std of the two networks, or "
+             f"{ONE_SEED_NOISE} points with one seed (twice the paper's ±0.16 for ResNet-110).")
+    return "\n".join(lines) + "\n\n" + noise
 
 
 def data_description(runs: Sequence[RunResult]) -> str:
@@ -153,7 +199,10 @@ def render_report(runs: Sequence[RunResult], figures: dict[str, str], responses_
               "the finished seeds (no ± with one seed). Final training error: mean of the logged training-error "
               f"windows in the last {FINAL_TRAIN_FRACTION:.0%} of iterations (augmented images, training-mode BN). "
               "Paper: Table 6 reports CIFAR-10 *test* error; ResNet-110 as \"best (mean±std)\" of 5 runs.", "",
-              "## Runs", "", runs_markdown(runs), ""]
+              "## The paper's claims, checked on these runs", "", claims_markdown(rows), "",
+              "## Runs", "", runs_markdown(runs), "",
+              "Training time: the logged windows' wall time summed (evaluation excluded), as the runs met "
+              "the machine, with whatever else it was running at the time.", ""]
     if figures:
         parts += ["## Figures", ""]
         for caption, path in figures.items():

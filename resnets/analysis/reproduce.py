@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..config import REUSE, TrainConfig, changed_settings, from_dict, load_yaml, resolve_config
 from ..errors import ConfigError, TrainingDiverged
 from ..models import model_spec
-from .plots import plot_responses, plot_training_curves
+from .plots import plot_fig6, plot_responses
 from .report import write_report
 from .runs import RunState, find_runs, run_state
 
@@ -116,12 +116,9 @@ def write_outputs(out: Path, plan: Sequence[PlannedRun], data: str | None, respo
     figures: dict[str, str] = {}
     residual = [r for r in runs if r.residual]
     plain = [r for r in runs if not r.residual]
-    if plain:
-        plot_training_curves(plain, out / "fig6_plain.png", "Fig. 6 (left): plain networks on CIFAR-10")
-        figures["Fig. 6 (left): plain networks"] = "fig6_plain.png"
-    if residual:
-        plot_training_curves(residual, out / "fig6_resnets.png", "Fig. 6 (middle): ResNets on CIFAR-10")
-        figures["Fig. 6 (middle): ResNets"] = "fig6_resnets.png"
+    if runs:
+        plot_fig6(plain, residual, out / "fig6.png")
+        figures["Fig. 6: plain networks (left) and ResNets (right)"] = "fig6.png"
     responses_note = None
     # Fig. 7: one model per network (seed 0), plain and residual, on the first validation images.
     fig7 = [r for r in runs if r.finished and r.seed == min(x.seed for x in runs if x.model == r.model)]

@@ -56,6 +56,7 @@ class RunResult:
     val: list[tuple[int, float]] = field(default_factory=list)  # (iteration, validation error %)
     summary: dict[str, Any] | None = None
     images_per_s: float | None = None  # median training throughput over the logged windows
+    training_seconds: float = 0.0  # the logged windows' durations summed: training only, no evaluation
 
     @property
     def name(self) -> str:
@@ -108,12 +109,18 @@ def load_run(run_dir: str | Path) -> RunResult:
     rows = read_metrics(run_dir)
     result = RunResult(run_dir, model, seed, spec.depth, spec.residual, run_state(run_dir), config)
     speeds = []
+    batch = int(config.get("optim", {}).get("batch_size") or 0)
+    previous = 0  # the log is contiguous: a resume drops the lines past its checkpoint
     for row in rows:
         event = row.get("event")
         if event == "train" and row.get("train_error") is not None:
-            result.train.append((int(row["iteration"]), float(row["train_error"])))
+            iteration = int(row["iteration"])
+            result.train.append((iteration, float(row["train_error"])))
             if row.get("images_per_s"):
                 speeds.append(float(row["images_per_s"]))
+                # Each window's wall time, as the engine measured it (stalls of a busy machine included).
+                result.training_seconds += (iteration - previous) * batch / float(row["images_per_s"])
+            previous = iteration
         elif event == "val" and row.get("val_error") is not None:
             result.val.append((int(row["iteration"]), float(row["val_error"])))
         elif event == "summary":

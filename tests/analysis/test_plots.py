@@ -51,3 +51,26 @@ def test_responses_png(tmp_path):
         assert img.format == "PNG"
         w, h = plots.RESPONSES_FIGSIZE
         assert img.size == (int(w * plots.DPI), int(h * plots.DPI))
+
+
+def test_fig6_puts_plain_left_and_resnets_right_on_one_axis(tmp_path, fake_run, monkeypatch):
+    rng = np.random.default_rng(0)
+    fake_run(tmp_path / "p20", "cifar_plain20", 0, rng)
+    fake_run(tmp_path / "r20", "cifar_resnet20", 0, rng)
+    plain, residual = [load_run(tmp_path / "p20")], [load_run(tmp_path / "r20")]
+    closed = []
+    monkeypatch.setattr(plots.plt, "close", closed.append)
+    plots.plot_fig6(plain, residual, tmp_path / "fig6.png")
+    left, right = closed[-1].axes
+    assert "plain" in left.get_title() and "ResNets" in right.get_title()
+    assert left.get_ylim() == right.get_ylim()
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["cifar_plain20 (seed 0)"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["cifar_resnet20 (seed 0)"]
+    # Finished full-length runs end at low error: the paper's 0-20% axis; random curves do not.
+    assert left.get_ylim()[1] > 20
+    for r in (*plain, *residual):
+        r.train = [(it, e / 10) for it, e in r.train]
+        r.val = [(it, e / 10) for it, e in r.val]
+    plots.plot_fig6(plain, residual, tmp_path / "fig6_zoom.png")
+    assert closed[-1].axes[0].get_ylim() == (0, 20.0)
+    assert Image.open(tmp_path / "fig6.png").format == "PNG"

@@ -62,10 +62,10 @@ def test_table_numbers_are_mean_and_std_of_the_runs(experiment):
 
 def test_report_names_data_schedule_and_figures(experiment):
     out, _ = experiment
-    text = render_report(find_runs(out), {"Fig. 6 (middle): ResNets": "fig6_resnets.png"})
+    text = render_report(find_runs(out), {"Fig. 6: plain networks (left) and ResNets (right)": "fig6.png"})
     assert "JPEG" in text and "not comparable" in text.replace("**", "")
     assert "Shortened schedule" in text and "`optim.iters=200`" in text
-    assert "![Fig. 6 (middle): ResNets](fig6_resnets.png)" in text
+    assert "![Fig. 6: plain networks (left) and ResNets (right)](fig6.png)" in text
     assert "cifar_plain20-s2 | interrupted" in text
 
 
@@ -115,4 +115,53 @@ def test_report_only_reports_the_planned_runs(experiment):
     text = report.read_text()
     assert "| cifar_resnet20 | 20 |" in text and "| cifar_plain20 | 20 |" in text
     assert "cifar_resnet56" not in text and "cifar_resnet20-s2" not in text
-    assert (out / "fig6_resnets.png").is_file() and (out / "fig6_plain.png").is_file()
+    assert (out / "fig6.png").is_file()
+
+
+def _row(model, depth, residual, train, val):
+    from resnets.analysis.runs import ModelRow
+
+    return ModelRow(model, depth, residual, 1000, len(val), 0, list(val), list(train))
+
+
+def test_claims_are_computed_from_the_errors_with_a_noise_margin():
+    from resnets.analysis.report import ONE_SEED_NOISE, claims_markdown
+
+    rows = [_row("cifar_resnet20", 20, True, [2.0], [8.5]), _row("cifar_resnet56", 56, True, [0.5], [7.0]),
+            _row("cifar_plain20", 20, False, [3.0], [9.0]), _row("cifar_plain56", 56, False, [6.0], [11.0])]
+    text = claims_markdown(rows)
+    lines = {l.split(":")[1].strip(): l for l in text.splitlines() if l.startswith("- ")}
+    assert len(lines) == 4
+    assert "training 6.00% vs 3.00% (+3.00 points; holds)" in lines["plain-56 has higher error than plain-20"]
+    assert lines["plain-56 has higher error than plain-20"].endswith("**holds**.")
+    assert "validation 8.50% vs 7.00% (+1.50 points; holds)" in lines["ResNet-56 has lower error than ResNet-20"]
+    assert lines["ResNet-20 has lower error than plain-20"].endswith("**holds**.")
+    # A claim the numbers contradict is said so, and one inside the noise is not called a result.
+    rows[3] = _row("cifar_plain56", 56, False, [2.0], [9.0 + ONE_SEED_NOISE / 2])
+    text = claims_markdown(rows)
+    degradation = next(l for l in text.splitlines() if "plain-56 has higher" in l)
+    assert "training 2.00% vs 3.00% (-1.00 points; does not hold)" in degradation
+    assert "validation" in degradation and "within noise" in degradation and degradation.endswith("**does not hold**.")
+    # Several seeds: the margin is twice the larger measured std.
+    wide = [_row("cifar_resnet20", 20, True, [2.0, 2.0], [8.0, 10.0]),
+            _row("cifar_plain20", 20, False, [3.0, 3.0], [9.5, 11.5])]
+    assert "(+1.50 points; within noise)" in claims_markdown(wide)  # 2 x std(8, 10) = 2.83
+    # Unfinished networks are named, not compared.
+    unfinished = [_row("cifar_resnet56", 56, True, [], []), _row("cifar_plain56", 56, False, [1.0], [7.0])]
+    assert "not checked yet" in claims_markdown(unfinished)
+
+
+def test_training_time_is_the_sum_of_the_logged_windows(experiment):
+    import json
+
+    out, _ = experiment
+    run = load_run(out / "runs" / "cifar_resnet20-s0")
+    rows = [json.loads(l) for l in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    batch = run.config["optim"]["batch_size"]
+    previous, expected = 0, 0.0
+    for r in rows:
+        if r["event"] == "train":
+            expected += (r["iteration"] - previous) * batch / r["images_per_s"]
+            previous = r["iteration"]
+    assert run.training_seconds == pytest.approx(expected) and expected > 0
+    assert f"| {expected / 3600:.1f} |" in render_report(find_runs(out), {})

@@ -69,7 +69,7 @@ def test_skip_finished_and_resume_interrupted(tmp_path, tiny_cifar, monkeypatch)
     assert "Shortened schedule" in text and "class folders" in text
     assert {r.state for r in find_runs(out)} == {"finished"}
     assert len(json.loads((out / "responses.json").read_text())[0]["layers"]) == 7
-    for fig in ("fig6_resnets.png", "fig7_responses.png"):
+    for fig in ("fig6.png", "fig7_responses.png"):
         assert (out / fig).stat().st_size > 0 and f"]({fig})" in text
 
     # A finished run trained with another schedule is not silently reused.
