@@ -296,7 +296,8 @@ def _all_reduced(t: Tensor, rt: Runtime) -> Tensor:
 
 
 def _check_warmup(state: TrainState, rt: Runtime, log: MetricsLog) -> None:
-    """Sec. 4.2's warm-up: the recent training error, over all processes, may end it."""
+    """Sec. 4.2's warm-up lasts "until the training error is below 80%": the error since the last
+    check, over all processes, may end it."""
     w = _all_reduced(state.stats.warmup_window(), rt)
     recent_error = 100.0 * float(w[0] / w[1])
     state.stats.reset_warmup()
@@ -313,7 +314,7 @@ def _first_non_finite_step(stats: RunningStats, rt: Runtime) -> int:
 
 
 def _diverged(what: str, last_good: tuple[int, Path] | None, log: MetricsLog,
-          progress: ProgressBar | None) -> TrainingDiverged:
+              progress: ProgressBar | None) -> TrainingDiverged:
     """The error a diverged run stops with, once its outputs are closed: what happened, and where to resume."""
     log.close()
     if progress is not None:
