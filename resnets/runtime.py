@@ -5,6 +5,7 @@ Shared by training, evaluation and detection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
+from .ops.fused_bn_relu import fused_bn_relu_enabled
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    fused_bn_relu: bool = False  # TrainConfig.fused_bn_relu: the fused kernel on CPU bf16
 
     @property
     def is_main(self) -> bool:
@@ -32,9 +35,17 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def autocast(self):
-        """bf16 autocast for convolutions and matmuls; BN, softmax and the loss stay fp32."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+    def autocast(self) -> contextlib.ExitStack:
+        """bf16 autocast for convolutions and matmuls; BN, softmax and the loss stay fp32.
+
+        On CPU bf16 with `fused_bn_relu`, training-mode BN + ReLU (+ residual add) also run as
+        one fused kernel (resnets.ops.fused_bn_relu; docs/performance.md).
+        """
+        bf16 = self.precision == "bf16"
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16))
+        stack.enter_context(fused_bn_relu_enabled(self.fused_bn_relu and bf16 and self.device.type == "cpu"))
+        return stack
 
 
 def fast_bf16_available(device: torch.device) -> bool:
@@ -73,7 +84,7 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
-def setup_runtime(device: str, precision: str) -> Runtime:
+def setup_runtime(device: str, precision: str, fused_bn_relu: bool = False) -> Runtime:
     """Start torch.distributed when launched by torchrun (RANK/WORLD_SIZE set), then pick device and precision."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -83,7 +94,7 @@ def setup_runtime(device: str, precision: str) -> Runtime:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank)
+    return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank, fused_bn_relu)
 
 
 def shutdown_runtime(runtime: Runtime) -> None:
