@@ -101,19 +101,19 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def _fused_applies(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None) -> bool:
     return (
-        _enabled.get()
+        not torch.compiler.is_compiling()  # first: inductor fuses BN itself, and dynamo never reads the flag
+        and _enabled.get()
         and bn.training
         and bn.affine
         and bn.track_running_stats
         and x.device.type == "cpu"
         and x.dtype == torch.bfloat16
         and x.dim() == 4
+        and x.numel() > x.shape[1]  # one value per channel: ATen's BN raises the error for it
         and x.is_contiguous(memory_format=torch.channels_last)
         and bn.weight.dtype == torch.float32
         and bn.running_mean.dtype == torch.float32
         and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_scripting()
         and load_extension() is not None
     )
 

@@ -80,7 +80,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
         raise ConfigError(f"model.name: {e}") from None
     if resume and not Path(config.out).is_dir():
         raise CheckpointError(f"cannot resume: {config.out} does not exist")
-    runtime = setup_runtime(config.device, config.precision)
+    runtime = setup_runtime(config.device, config.precision, config.fused_bn_relu)
     lock = None
     try:
         if runtime.is_main:  # the one process that writes the run directory
