@@ -1,7 +1,7 @@
 """BatchNorm (training) + ReLU: ATen against the fused CPU kernel (resnets/ops/fused_bn_relu.py).
 
 Shapes are ResNet-20's three stages at batch 128 (CIFAR, Sec. 4.2): 16x32x32, 32x16x16,
-64x8x8, with bf16 channels_last activations and fp32 BN parameters, as under the engine's CPU
+64x8x8 (`--shapes imagenet`: ResNet-50's at batch 32), with bf16 channels_last activations and fp32 BN parameters, as under the engine's CPU
 bf16 autocast. Variants:
   aten          relu_(bn(x)), the modules the model calls today
   fused         the fused kernel
@@ -29,7 +29,12 @@ from torch import nn
 
 from resnets.ops.fused_bn_relu import batch_norm_relu, fused_bn_relu_enabled, load_extension
 
-SHAPES = [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)]
+SHAPES = {
+    "cifar": [(128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8)],  # ResNet-20's stages, batch 128
+    # ResNet-50's BN widths at batch 32 (Table 1): conv2_x .. conv5_x, reduce and expand widths.
+    "imagenet": [(32, 64, 56, 56), (32, 256, 56, 56), (32, 128, 28, 28), (32, 512, 28, 28), (32, 1024, 14, 14),
+                 (32, 2048, 7, 7)],
+}
 
 
 def make_case(shape, residual: bool, fused: bool, backward: bool):
@@ -62,6 +67,7 @@ def make_case(shape, residual: bool, fused: bool, backward: bool):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", choices=sorted(SHAPES), default="cifar")
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds; the median is reported")
     p.add_argument("--reps", type=int, default=20, help="calls per variant per round")
     p.add_argument("--out", default="benchmarks/results/bn_relu.json", help="where the JSON goes")
@@ -72,8 +78,9 @@ def main() -> None:
         raise SystemExit("the fused kernel could not be built; see the log")
     build_s = time.perf_counter() - t0
 
+    shapes = SHAPES[args.shapes]
     cases = {}
-    for shape in SHAPES:
+    for shape in shapes:
         for residual in (False, True):
             for fused in (False, True):
                 for backward in (False, True):
@@ -91,7 +98,7 @@ def main() -> None:
             times[key].append((time.perf_counter() - t) / args.reps * 1e3)
 
     rows = []
-    for shape in SHAPES:
+    for shape in shapes:
         for residual in (False, True):
             for backward in (False, True):
                 aten = statistics.median(times[(shape, residual, False, backward)])
@@ -104,16 +111,16 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"capability {torch.backends.cpu.get_cpu_capability()}, median of {args.rounds} interleaved rounds "
           f"x {args.reps} calls; kernel load/build {build_s:.1f} s")
-    header = f"{'shape':<18}{'variant':<12}{'pass':<9}{'ATen ms':>9}{'fused ms':>10}{'speedup':>9}"
+    header = f"{'shape':<19}{'variant':<12}{'pass':<9}{'ATen ms':>9}{'fused ms':>10}{'speedup':>9}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         variant = "bn+add+relu" if r["residual"] else "bn+relu"
-        print(f"{shape:<18}{variant:<12}{r['pass']:<9}{r['aten_ms']:>9.3f}{r['fused_ms']:>10.3f}{r['speedup']:>8.2f}x")
+        print(f"{shape:<19}{variant:<12}{r['pass']:<9}{r['aten_ms']:>9.3f}{r['fused_ms']:>10.3f}{r['speedup']:>8.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "bn_relu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "capability": torch.backends.cpu.get_cpu_capability(), "rounds": args.rounds,
+                               "capability": torch.backends.cpu.get_cpu_capability(), "shapes": args.shapes, "rounds": args.rounds,
                                "reps": args.reps, "rows": rows}, indent=2))
     print(f"wrote {out}")
 

@@ -48,9 +48,11 @@ def relative_error(a, b):
     return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-# (shape, path): the vector path at 1, 2 and 4 channel vectors (C = 16, 32, 64 with AVX512), the
-# scalar path for channel counts that are no multiple of the vector width, and several chunks.
-SHAPES = [(8, 16, 5, 7), (4, 32, 3, 3), (2, 64, 3, 5), (6, 3, 4, 5), (4, 24, 3, 3), (64, 16, 8, 8)]
+# The vector path at 1, 2 and 4 channel vectors (C = 16, 32, 64 with AVX512) and at any other
+# multiple of the vector width (48, 256), the scalar path for the other channel counts (3, 24),
+# and a tensor of several parallel chunks.
+SHAPES = [(8, 16, 5, 7), (4, 32, 3, 3), (2, 64, 3, 5), (4, 48, 3, 3), (2, 256, 3, 3), (6, 3, 4, 5), (4, 24, 3, 3),
+          (64, 16, 8, 8)]
 
 
 @pytest.mark.parametrize("residual", [False, True], ids=["bn_relu", "bn_add_relu"])

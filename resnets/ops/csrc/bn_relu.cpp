@@ -26,6 +26,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -34,9 +35,12 @@ namespace {
 using at::Tensor;
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t VF = Vec::size();
-// Rows are split into chunks of about this many elements; each chunk is one parallel task
-// with its own partial sums (fixed by the shape, so the result is thread-count independent).
+// Rows are split into chunks of about this many elements, and at least kChunkMinRows rows (so
+// that wide layers do not spend their time adding up per-chunk partial sums); each chunk is
+// one parallel task with its own partial sums (fixed by the shape, so the result is
+// thread-count independent).
 constexpr int64_t kChunkElems = 1 << 15;
+constexpr int64_t kChunkMinRows = 128;
 // Within a chunk, fp32 vector sums run over at most this many rows before adding into fp64.
 constexpr int64_t kBlockRows = 256;
 
@@ -63,37 +67,72 @@ struct Layout {
 Layout layout_of(const Tensor& x) {
   const int64_t c = x.size(1);
   const int64_t rows = x.numel() / c;
-  const int64_t rpc = std::max<int64_t>(1, kChunkElems / c);
+  const int64_t rpc = std::max<int64_t>(kChunkMinRows, kChunkElems / c);
   return {rows, c, rpc, (rows + rpc - 1) / rpc};
 }
 
+// The vector path handles C = NB * VF channels per row as NB vectors. NB is a compile-time
+// constant for the common widths (the vectors stay in registers) or kAnyBlocks: any multiple of
+// VF, the count read from the layout. NB = 0 is the scalar path, for any other channel count.
+constexpr int kAnyBlocks = -1;
+
+template <int NB>
+inline int64_t blocks(const Layout& l) {
+  return NB > 0 ? NB : l.channels / VF;
+}
+
+// One vector per channel block.
+template <int NB>
+struct Vecs {
+  std::array<Vec, (NB > 0 ? NB : 1)> v;
+  explicit Vecs(int64_t) {}
+  Vec& operator[](int64_t b) { return v[b]; }
+  const Vec& operator[](int64_t b) const { return v[b]; }
+};
+template <>
+struct Vecs<kAnyBlocks> {
+  std::vector<Vec> v;
+  explicit Vecs(int64_t nb) : v(nb) {}
+  Vec& operator[](int64_t b) { return v[b]; }
+  const Vec& operator[](int64_t b) const { return v[b]; }
+};
+
+// The vectors of a per-channel fp32 array.
+template <int NB>
+Vecs<NB> coef(const Layout& l, const float* p) {
+  Vecs<NB> out(blocks<NB>(l));
+  for (int64_t b = 0; b < blocks<NB>(l); ++b) out[b] = Vec::loadu(p + b * VF);
+  return out;
+}
+
 // Adds, per channel, sum(a) and sum(b) over rows [r0, r1) into s1, s2 (fp64), where a and b
-// are per-element values produced by `f(row, channel_block) -> pair<Vec, Vec>` (vector path,
-// NB channel blocks of VF) or `g(row, channel) -> pair<float, float>` (scalar path).
+// are per-element values produced by `f(row, channel_block) -> pair<Vec, Vec>` (vector path)
+// or `g(row, channel) -> pair<float, float>` (scalar path).
 template <int NB, typename F>
-void sum_rows_vec(int64_t r0, int64_t r1, double* s1, double* s2, const F& f) {
+void sum_rows_vec(const Layout& l, int64_t r0, int64_t r1, double* s1, double* s2, const F& f) {
+  const int64_t nb = blocks<NB>(l);
   for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
     const int64_t re = std::min(r1, rb + kBlockRows);
     // Two row streams: independent add chains, so the loop runs at load speed.
-    Vec a1[2][NB], a2[2][NB];
+    Vecs<NB> a1[2] = {Vecs<NB>(nb), Vecs<NB>(nb)}, a2[2] = {Vecs<NB>(nb), Vecs<NB>(nb)};
     for (int u = 0; u < 2; ++u)
-      for (int b = 0; b < NB; ++b) a1[u][b] = a2[u][b] = Vec(0.f);
+      for (int64_t b = 0; b < nb; ++b) a1[u][b] = a2[u][b] = Vec(0.f);
     int64_t r = rb;
     for (; r + 1 < re; r += 2) {
       for (int u = 0; u < 2; ++u)
-        for (int b = 0; b < NB; ++b) {
+        for (int64_t b = 0; b < nb; ++b) {
           auto v = f(r + u, b);
           a1[u][b] = a1[u][b] + v.first;
           a2[u][b] = a2[u][b] + v.second;
         }
     }
     if (r < re)
-      for (int b = 0; b < NB; ++b) {
+      for (int64_t b = 0; b < nb; ++b) {
         auto v = f(r, b);
         a1[0][b] = a1[0][b] + v.first;
         a2[0][b] = a2[0][b] + v.second;
       }
-    for (int b = 0; b < NB; ++b) {
+    for (int64_t b = 0; b < nb; ++b) {
       float t1[VF], t2[VF];
       (a1[0][b] + a1[1][b]).store(t1);
       (a2[0][b] + a2[1][b]).store(t2);
@@ -106,7 +145,8 @@ void sum_rows_vec(int64_t r0, int64_t r1, double* s1, double* s2, const F& f) {
 }
 
 template <typename G>
-void sum_rows_scalar(int64_t r0, int64_t r1, int64_t c, double* s1, double* s2, const G& g) {
+void sum_rows_scalar(const Layout& l, int64_t r0, int64_t r1, double* s1, double* s2, const G& g) {
+  const int64_t c = l.channels;
   std::vector<float> a1(c), a2(c);
   for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
     const int64_t re = std::min(r1, rb + kBlockRows);
@@ -133,10 +173,10 @@ void channel_sums(const Layout& l, std::vector<double>& s1, std::vector<double>&
   at::parallel_for(0, l.chunks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = k * l.rows_per_chunk, r1 = std::min(l.rows, r0 + l.rows_per_chunk);
-      if constexpr (NB > 0)
-        sum_rows_vec<NB>(r0, r1, &p1[k * c], &p2[k * c], f);
+      if constexpr (NB != 0)
+        sum_rows_vec<NB>(l, r0, r1, &p1[k * c], &p2[k * c], f);
       else
-        sum_rows_scalar(r0, r1, c, &p1[k * c], &p2[k * c], g);
+        sum_rows_scalar(l, r0, r1, &p1[k * c], &p2[k * c], g);
     }
   });
   s1.assign(c, 0.0);
@@ -151,25 +191,17 @@ void channel_sums(const Layout& l, std::vector<double>& s1, std::vector<double>&
 // Runs `f(row, channel_block)` (vector) or `g(row, channel)` (scalar) over every element, in parallel.
 template <int NB, typename F, typename G>
 void for_each_row(const Layout& l, const F& f, const G& g) {
+  const int64_t nb = blocks<NB>(l);
   at::parallel_for(0, l.rows, l.rows_per_chunk, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      if constexpr (NB > 0) {
-        for (int b = 0; b < NB; ++b) f(r, b);
+      if constexpr (NB != 0) {
+        for (int64_t b = 0; b < nb; ++b) f(r, b);
       } else {
         for (int64_t k = 0; k < l.channels; ++k) g(r, k);
       }
     }
   });
 }
-
-// Vectors of a per-channel fp32 array, one per channel block.
-template <int NB>
-struct Coef {
-  Vec v[NB > 0 ? NB : 1];
-  explicit Coef(const float* p) {
-    for (int b = 0; b < NB; ++b) v[b] = Vec::loadu(p + b * VF);
-  }
-};
 
 template <typename T, int NB>
 void forward_impl(const Tensor& x, const Tensor& residual, Tensor& y, const Tensor& weight, const Tensor& bias,
@@ -184,12 +216,12 @@ void forward_impl(const Tensor& x, const Tensor& residual, Tensor& y, const Tens
   // Statistics around a shift (the first row): sums of d = x - shift and of d^2.
   std::vector<float> shift(c);
   for (int64_t k = 0; k < c; ++k) shift[k] = static_cast<float>(xp[k]);
-  const Coef<NB> sv(shift.data());
+  const auto sv = coef<NB>(l, shift.data());
   std::vector<double> s1, s2;
   channel_sums<NB>(
       l, s1, s2,
-      [&](int64_t r, int b) {
-        Vec d = load(xp + r * c + b * VF) - sv.v[b];
+      [&](int64_t r, int64_t b) {
+        Vec d = load(xp + r * c + b * VF) - sv[b];
         return std::make_pair(d, d * d);
       },
       [&](int64_t r, int64_t k) {
@@ -220,14 +252,14 @@ void forward_impl(const Tensor& x, const Tensor& residual, Tensor& y, const Tens
     }
   }
 
-  const Coef<NB> a(scale.data()), o(offset.data());
+  const auto a = coef<NB>(l, scale.data()), o = coef<NB>(l, offset.data());
   const Vec zero(0.f);
   if (rp) {
     for_each_row<NB>(
         l,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
-          store(yp + i, at::vec::maximum(at::vec::fmadd(load(xp + i), a.v[b], o.v[b]) + load(rp + i), zero));
+          store(yp + i, at::vec::maximum(at::vec::fmadd(load(xp + i), a[b], o[b]) + load(rp + i), zero));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -237,9 +269,9 @@ void forward_impl(const Tensor& x, const Tensor& residual, Tensor& y, const Tens
   } else {
     for_each_row<NB>(
         l,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
-          store(yp + i, at::vec::maximum(at::vec::fmadd(load(xp + i), a.v[b], o.v[b]), zero));
+          store(yp + i, at::vec::maximum(at::vec::fmadd(load(xp + i), a[b], o[b]), zero));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -270,7 +302,7 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
 
   std::vector<float> scale(c), offset(c);
   for (int64_t k = 0; k < c; ++k) affine(wp[k], bp[k], mp[k], ip[k], scale[k], offset[k]);
-  const Coef<NB> a(scale.data()), o(offset.data()), mv(mp);
+  const auto a = coef<NB>(l, scale.data()), o = coef<NB>(l, offset.data()), mv = coef<NB>(l, mp);
   const Vec zero(0.f);
 
   // Pass 1: sum(gm) and sum(gm * (x - mean)), gm = grad where the ReLU let the value through.
@@ -279,12 +311,12 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
   if (drp) {
     channel_sums<NB>(
         l, sg, sgx,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
           Vec gm = Vec::blendv(zero, load(gp + i), load(yp + i) > zero);
           store(drp + i, gm);
           gm = load(drp + i);  // the rounded value, as pass 2 sees it
-          return std::make_pair(gm, gm * (load(xp + i) - mv.v[b]));
+          return std::make_pair(gm, gm * (load(xp + i) - mv[b]));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -296,11 +328,11 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
   } else {
     channel_sums<NB>(
         l, sg, sgx,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
           Vec xv = load(xp + i);
-          Vec gm = Vec::blendv(zero, load(gp + i), at::vec::fmadd(xv, a.v[b], o.v[b]) > zero);
-          return std::make_pair(gm, gm * (xv - mv.v[b]));
+          Vec gm = Vec::blendv(zero, load(gp + i), at::vec::fmadd(xv, a[b], o[b]) > zero);
+          return std::make_pair(gm, gm * (xv - mv[b]));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -325,13 +357,13 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
     kx[k] = static_cast<float>(px);
     k0[k] = static_cast<float>(-kk * sg[k] / n - px * mp[k]);
   }
-  const Coef<NB> cg(kg.data()), cx(kx.data()), c0(k0.data());
+  const auto cg = coef<NB>(l, kg.data()), cx = coef<NB>(l, kx.data()), c0 = coef<NB>(l, k0.data());
   if (drp) {
     for_each_row<NB>(
         l,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
-          store(dxp + i, at::vec::fmadd(load(drp + i), cg.v[b], at::vec::fmadd(load(xp + i), cx.v[b], c0.v[b])));
+          store(dxp + i, at::vec::fmadd(load(drp + i), cg[b], at::vec::fmadd(load(xp + i), cx[b], c0[b])));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -340,11 +372,11 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
   } else {
     for_each_row<NB>(
         l,
-        [&](int64_t r, int b) {
+        [&](int64_t r, int64_t b) {
           const int64_t i = r * c + b * VF;
           Vec xv = load(xp + i);
-          Vec gm = Vec::blendv(zero, load(gp + i), at::vec::fmadd(xv, a.v[b], o.v[b]) > zero);
-          store(dxp + i, at::vec::fmadd(gm, cg.v[b], at::vec::fmadd(xv, cx.v[b], c0.v[b])));
+          Vec gm = Vec::blendv(zero, load(gp + i), at::vec::fmadd(xv, a[b], o[b]) > zero);
+          store(dxp + i, at::vec::fmadd(gm, cg[b], at::vec::fmadd(xv, cx[b], c0[b])));
         },
         [&](int64_t r, int64_t k) {
           const int64_t i = r * c + k;
@@ -355,12 +387,11 @@ void backward_impl(const Tensor& grad, const Tensor& x, const Tensor& y, const T
   }
 }
 
-// Calls `f.template operator()<T, NB>()` for the activation dtype and the number of channel
-// vectors (0: the scalar path, for channel counts that are not a multiple of the vector width).
+// Calls `f.template operator()<T, NB>()` for the activation dtype and the channel blocks.
 template <typename F>
 void dispatch(const Tensor& x, const F& f) {
   const int64_t c = x.size(1);
-  const int64_t nb = c % VF == 0 ? c / VF : 0;
+  const int64_t nb = c % VF == 0 ? c / VF : 0;  // 0: the scalar path
   auto by_width = [&](auto tag) {
     using T = decltype(tag);
     switch (nb) {
@@ -368,7 +399,8 @@ void dispatch(const Tensor& x, const F& f) {
       case 2: return f.template operator()<T, 2>();
       case 4: return f.template operator()<T, 4>();
       case 8: return f.template operator()<T, 8>();
-      default: return f.template operator()<T, 0>();
+      case 0: return f.template operator()<T, 0>();
+      default: return f.template operator()<T, kAnyBlocks>();
     }
   };
   if (x.scalar_type() == at::kBFloat16)
