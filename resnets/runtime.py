@@ -5,7 +5,6 @@ Shared by training, evaluation and detection.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError
-from .ops.fused_bn_relu import fused_bn_relu_enabled
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    fused_bn_relu: bool = False  # TrainConfig.fused_bn_relu: the fused kernel on CPU bf16
+    fused_bn_relu: bool = False  # TrainConfig.fused_bn_relu: train_step lets BN + ReLU take the fused CPU bf16 kernel
 
     @property
     def is_main(self) -> bool:
@@ -35,17 +33,9 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def autocast(self) -> contextlib.ExitStack:
-        """bf16 autocast for convolutions and matmuls; BN, softmax and the loss stay fp32.
-
-        On CPU bf16 with `fused_bn_relu`, training-mode BN + ReLU (+ residual add) also run as
-        one fused kernel (resnets.ops.fused_bn_relu; docs/performance.md).
-        """
-        bf16 = self.precision == "bf16"
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16))
-        stack.enter_context(fused_bn_relu_enabled(self.fused_bn_relu and bf16 and self.device.type == "cpu"))
-        return stack
+    def autocast(self):
+        """bf16 autocast for convolutions and matmuls; BN, softmax and the loss stay fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def fast_bf16_available(device: torch.device) -> bool:

@@ -12,10 +12,10 @@ its own kernels with), and cached by torch in ``TORCH_EXTENSIONS_DIR`` (default
 to ATen, with one warning in the log.
 
 :func:`batch_norm_relu` is the one entry point the models use: ``relu(bn(x) [+ residual])``.
-It takes the fused path only inside :func:`fused_bn_relu_enabled` (entered by the training
-runtime on CPU bf16, `TrainConfig.fused_bn_relu`), for a BN module in training mode on a CPU
-bf16 channels_last activation; everything else (evaluation, fp32, GPU, torch.compile) runs
-exactly the ATen modules as before.
+It takes the fused path only inside :func:`fused_bn_relu_enabled` (entered by the engine's
+`train_step` when `TrainConfig.fused_bn_relu` is on), for a ``BatchNorm2d`` in training mode
+on a CPU bf16 channels_last activation (what CPU bf16 autocast produces); everything else
+(evaluation, fp32, GPU, torch.compile, SyncBatchNorm) runs exactly the ATen modules as before.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["batch_norm_relu", "fused_bn_relu_enabled", "load_extension"]
 
@@ -93,6 +94,7 @@ class _BatchNormReLU(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         x, y, weight, bias, mean, invstd = ctx.saved_tensors
         grad_x, grad_residual, grad_weight, grad_bias = _extension.backward(grad, x, y, weight, bias, mean, invstd)
@@ -103,6 +105,7 @@ def _fused_applies(bn: nn.BatchNorm2d, x: Tensor, residual: Tensor | None) -> bo
     return (
         not torch.compiler.is_compiling()  # first: inductor fuses BN itself, and dynamo never reads the flag
         and _enabled.get()
+        and isinstance(bn, nn.BatchNorm2d)  # not SyncBatchNorm (statistics across processes) or frozen BN
         and bn.training
         and bn.affine
         and bn.track_running_stats

@@ -33,6 +33,7 @@ from ..eval.evaluate import evaluate
 from ..models import load_state_dict, model_spec, save_weights
 from ..models.loading import build_model, weights_config
 from ..models.normalize import normalization_state
+from ..ops.fused_bn_relu import fused_bn_relu_enabled
 from ..run_dir import (RunLock, append_history, code_version, config_changes, describe_changes, file_sha256,
                        non_finite, optimizer_tensors, prepare_run_dir)
 from ..runtime import Runtime, rng_state, seed_everything, set_rng_state, setup_runtime, shutdown_runtime
@@ -62,7 +63,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
     on the softmax, backward, SGD with momentum and weight decay (Sec. 3.4). The benchmarks
     time this function, so what they measure is what trains.
     """
-    with runtime.autocast():
+    with runtime.autocast(), fused_bn_relu_enabled(runtime.fused_bn_relu):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
