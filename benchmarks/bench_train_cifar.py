@@ -86,14 +86,14 @@ def baseline_runner(name, images, labels, mean, batch, device, workers):
     return run
 
 
-def engine_runner(name, images, labels, mean, batch, device, precision, compile_mode=None):
+def engine_runner(name, images, labels, mean, batch, device, precision, compile_mode=None, fused_bn_relu=False):
     """A callable running n steps exactly as `resnets train` does (data pipeline + train_step)."""
     model = create_model(name, input_norm=Normalize(mean))
     model = model.to(device, memory_format=torch.channels_last)
     opt = sgd(model)
     if compile_mode is not None:  # `resnets train --compile`; compiled during the untimed warm-up
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
-    rt = Runtime(device, precision)
+    rt = Runtime(device, precision, fused_bn_relu=fused_bn_relu)
     batches = CifarBatches(images, labels, batch, seed=0, device=device, pad_value=mean)
     state = {"step": 0}
 
@@ -153,6 +153,8 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the per-image DataLoader baseline")
     p.add_argument("--compile", default="", metavar="MODE[,MODE]",
                    help="also time bf16 with torch.compile in these modes (default, max-autotune-no-cudagraphs, ...)")
+    p.add_argument("--fused-bn-relu", action="store_true",
+                   help="also time bf16 with the fused BN+ReLU kernel (resnets.ops.fused_bn_relu)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benchmarks/results/train_cifar.json", help="where the JSON goes")
     args = p.parse_args()
@@ -178,6 +180,9 @@ def main() -> None:
         runners["fp32"] = engine_runner(name, images, labels, mean, args.batch_size, device, "fp32")
         if bf16_ok:
             runners["bf16"] = engine_runner(name, images, labels, mean, args.batch_size, device, "bf16")
+        if args.fused_bn_relu and bf16_ok:
+            runners["bf16+fused_bn_relu"] = engine_runner(name, images, labels, mean, args.batch_size, device, "bf16",
+                                                          fused_bn_relu=True)
         for mode in filter(None, args.compile.split(",")):
             runners[f"bf16+compile:{mode}"] = engine_runner(name, images, labels, mean, args.batch_size, device,
                                                             "bf16" if bf16_ok else "fp32", compile_mode=mode)
@@ -208,7 +213,7 @@ def main() -> None:
               f"{r.get('bf16_gflops', nan):>13.0f}{r.get('bf16_of_peak', nan):>13.2f}{r['fp32_of_peak']:>13.2f}")
     for r in rows:
         for key in r["rounds"]:
-            if key.startswith("bf16+compile:") and "bf16" in r:
+            if key.startswith("bf16+") and "bf16" in r:
                 print(f"{r['model']:<17}{key:<44}{r[key]:>7.0f} images/s  {r[key] / r['bf16']:.2f}x eager bf16")
     print("(images/s; GFLOP/s = images/s x 3 x 2 x forward MACs)")
     out = Path(args.out)

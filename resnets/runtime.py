@@ -23,6 +23,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    fused_bn_relu: bool = False  # TrainConfig.fused_bn_relu: train_step lets BN + ReLU take the fused CPU bf16 kernel
 
     @property
     def is_main(self) -> bool:
@@ -73,7 +74,7 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return choice
 
 
-def setup_runtime(device: str, precision: str) -> Runtime:
+def setup_runtime(device: str, precision: str, fused_bn_relu: bool = False) -> Runtime:
     """Start torch.distributed when launched by torchrun (RANK/WORLD_SIZE set), then pick device and precision."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -83,7 +84,7 @@ def setup_runtime(device: str, precision: str) -> Runtime:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank)
+    return Runtime(dev, resolve_precision(precision, dev), rank, world_size, local_rank, fused_bn_relu)
 
 
 def shutdown_runtime(runtime: Runtime) -> None:

@@ -60,6 +60,15 @@ def test_negated_flags_say_what_they_do():
     assert helps["--no-tensorboard"].split("] ", 1)[1].startswith("do not write")
     assert "Also log" not in helps["--no-tensorboard"]
     assert "keep NCHW" in helps["--no-channels-last"] and "slower" in helps["--no-channels-last"]
+    assert "instead of the fused" in helps["--no-fused-bn-relu"]
+
+
+def test_fused_bn_relu_is_on_unless_turned_off(capsys):
+    import yaml
+
+    for flags, expected in (([], True), (["--no-fused-bn-relu"], False)):
+        assert main(["train", *flags, "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["fused_bn_relu"] is expected
 
 
 def test_train_stride_placement_is_one_flag_pair(capsys):

@@ -14,7 +14,7 @@ from .options import add_checkpoints, add_json, report
 # Training flags `reproduce` passes through to every run (same meaning and help as `resnets train`).
 PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmup", "--eval-every", "--log-every",
                      "--checkpoint-every", "--val-size", "--train-size", "--split-seed", "--cache-dir", "--precision", "--device",
-                     "--no-channels-last", "--no-tensorboard")
+                     "--no-channels-last", "--no-fused-bn-relu", "--no-tensorboard")
 
 
 def parse_depths(text: str) -> list[int]:

@@ -64,6 +64,9 @@ FLAGS: dict[str, tuple[str, dict]] = {
                            "or kernels without NHWC support"}),
     "--compile": ("compile", {"action": "store_const", "const": True, "help":
                   "torch.compile the model: 10-40 s longer start-up, ~5% faster steps on CPU (docs/performance.md)"}),
+    "--no-fused-bn-relu": ("fused_bn_relu", {"action": "store_const", "const": False, "help":
+                           "run ATen's BatchNorm and ReLU instead of the fused CPU bf16 kernel "
+                           "(docs/performance.md)"}),
     "--eval-every": ("eval_every", {"type": int}),
     "--log-every": ("log_every", {"type": int}),
     "--checkpoint-every": ("checkpoint_every", {"type": int}),

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.fused_bn_relu import batch_norm_relu
+
 Shortcut = Literal["A", "B", "C"]
 
 
@@ -94,13 +96,18 @@ class BasicBlock(nn.Module):
         self.downsample = None if plain else make_shortcut(shortcut, in_channels, width, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            # "The operation F + x is performed by a shortcut connection and element-wise
-            # addition"; the second nonlinearity comes after the addition (Sec. 3.2).
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        # relu(bn(.)) and relu(bn(.) + shortcut) as one call: the fused kernel on CPU bf16
+        # training (resnets.ops.fused_bn_relu), these very modules everywhere else.
+        out = batch_norm_relu(self.bn1, self.relu, self.conv1(x))
+        # "The operation F + x is performed by a shortcut connection and element-wise
+        # addition"; the second nonlinearity comes after the addition (Sec. 3.2).
+        return batch_norm_relu(self.bn2, self.relu, self.conv2(out), self.shortcut(x))
+
+    def shortcut(self, x: Tensor) -> Tensor | None:
+        """What the block adds to its residual branch: x, its transform, or nothing (plain)."""
+        if not self.residual:
+            return None
+        return x if self.downsample is None else self.downsample(x)
 
 
 class Bottleneck(nn.Module):
@@ -138,12 +145,11 @@ class Bottleneck(nn.Module):
         self.downsample = None if plain else make_shortcut(shortcut, in_channels, out_channels, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        out = batch_norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = batch_norm_relu(self.bn2, self.relu, self.conv2(out))
+        return batch_norm_relu(self.bn3, self.relu, self.conv3(out), self.shortcut(x))
+
+    shortcut = BasicBlock.shortcut
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -247,7 +253,7 @@ class ResNet(nn.Module):
     def stem(self, x: Tensor) -> Tensor:
         if self.input_norm is not None:
             x = self.input_norm(x)
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.maxpool(batch_norm_relu(self.bn1, self.relu, self.conv1(x)))
 
     def forward_features(self, x: Tensor, stages: Iterable[str] | None = None) -> dict[str, Tensor]:
         """Outputs of the named stages ("stem", "layer1", ...), computing no further than needed.

@@ -34,6 +34,7 @@ from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..eval.evaluate import evaluate
 from ..models import model_spec, save_weights
 from ..models.loading import weights_config
+from ..ops.fused_bn_relu import fused_bn_relu_enabled
 from ..run_dir import (RunLock, append_history, code_version, config_changes, describe_changes, file_sha256,
                        prepare_run_dir)
 from ..runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
@@ -63,7 +64,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
     on the softmax, backward, SGD with momentum and weight decay (Sec. 3.4). The benchmarks
     time this function, so what they measure is what trains.
     """
-    with runtime.autocast():
+    with runtime.autocast(), fused_bn_relu_enabled(runtime.fused_bn_relu):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
@@ -81,7 +82,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
         raise ConfigError(f"model.name: {e}") from None
     if resume and not Path(config.out).is_dir():
         raise CheckpointError(f"cannot resume: {config.out} does not exist")
-    runtime = setup_runtime(config.device, config.precision)
+    runtime = setup_runtime(config.device, config.precision, config.fused_bn_relu)
     lock = None
     try:
         if runtime.is_main:  # the one process that writes the run directory
