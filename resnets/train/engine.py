@@ -176,7 +176,7 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         # The one host sync of a window: stop before anything diverged is saved or evaluated.
         if (log_now or eval_now or save_now) and (bad_step := _first_non_finite_step(state.stats, rt)):
             raise _diverged(f"the training loss became non-finite at iteration {bad_step} (lr {lr:g})",
-                        last_good, log, progress)
+                            last_good, log, progress)
         if log_now:
             last_train = _close_window(state.stats, rt)
             log.write({"event": "train", "iteration": step, "epoch": round(step / data.train.steps_per_epoch, 3),
@@ -189,8 +189,8 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
             # Every process checks (they hold the same weights), so all stop together.
             if bad := state.non_finite_tensors():
                 raise _diverged(f"the weights became non-finite by iteration {step} (lr {lr:g}): {len(bad)} weight, "
-                            f"buffer or momentum tensors hold NaN or inf (e.g. {', '.join(bad[:3])}), "
-                            "so they were not saved", last_good, log, progress)
+                                f"buffer or momentum tensors hold NaN or inf (e.g. {', '.join(bad[:3])}), "
+                                "so they were not saved", last_good, log, progress)
             last_good = _save(state, run_dir, rt) or last_good
 
     if progress is not None:
