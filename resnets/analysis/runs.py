@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import torch
 import yaml
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, DataError
-from ..models import model_spec
+from ..models import count_params, create_model, model_spec
 from ..train.metrics_log import read_metrics
 
 RunState = Literal["finished", "interrupted", "new"]
@@ -69,7 +70,17 @@ class RunResult:
 
     @property
     def params(self) -> int | None:
-        return None if self.summary is None else self.summary.get("params")
+        """As the finished run counted them; for a run still training, counted on the network its config builds."""
+        if self.summary is not None and self.summary.get("params") is not None:
+            return self.summary["params"]
+        model = self.config.get("model", {})
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                classes = {"num_classes": model["num_classes"]} if model.get("num_classes") else {}
+                net = create_model(self.model, shortcut=model.get("shortcut"), **classes)
+        except (TypeError, ValueError):
+            return None
+        return count_params(net)
 
     @property
     def final_val_error(self) -> float | None:
@@ -172,11 +183,11 @@ def summarize(runs: Sequence[RunResult]) -> list[ModelRow]:
     rows: dict[str, ModelRow] = {}
     for r in runs:
         row = rows.setdefault(r.model, ModelRow(r.model, r.depth, r.residual, None, 0, 0, [], []))
+        row.params = row.params or r.params
         if not r.finished:
             row.unfinished += 1
             continue
         row.runs += 1
-        row.params = row.params or r.params
         if r.final_val_error is not None:
             row.val_errors.append(r.final_val_error)
         if r.final_train_error is not None:

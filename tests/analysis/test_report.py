@@ -165,3 +165,13 @@ def test_training_time_is_the_sum_of_the_logged_windows(experiment):
             previous = r["iteration"]
     assert run.training_seconds == pytest.approx(expected) and expected > 0
     assert f"| {expected / 3600:.1f} |" in render_report(find_runs(out), {})
+
+
+def test_a_run_still_training_shows_its_counted_parameters(experiment):
+    # Table 6 lists # params for every network, finished or not: counted on the network the config builds.
+    from resnets import count_params, create_model
+
+    out, _ = experiment
+    unfinished = load_run(out / "runs" / "cifar_plain20-s2")
+    assert unfinished.summary is None
+    assert unfinished.params == count_params(create_model("cifar_plain20")) == 269_722  # Table 6: 0.27M
