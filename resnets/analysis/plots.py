@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from .runs import RunResult  # noqa: E402
@@ -120,6 +121,7 @@ def plot_responses(results: Sequence["ResponseStats"], out: str | Path, title: s
     bottom.set_xlabel("layer index (sorted by magnitude)")
     for ax in (top, bottom):
         ax.set_ylabel("std")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are counted, not measured
         ax.grid(True, alpha=0.3)
         if results:
             ax.legend(loc="best", fontsize="small")

@@ -86,7 +86,8 @@ def _compare(lower: ModelRow, higher: ModelRow, what: str) -> str:
         noise = 2 * max(stds) if len(stds) == 2 else ONE_SEED_NOISE
         margin = b[0] - a[0]
         verdicts.append("holds" if margin > noise else "within noise" if margin > -noise else "does not hold")
-        parts.append(f"{label} {b[0]:.2f}% vs {a[0]:.2f}% ({margin:+.2f} points; {verdicts[-1]})")
+        parts.append(f"{label} {higher.model} {b[0]:.2f}% vs {lower.model} {a[0]:.2f}% "
+                     f"({margin:+.2f} points; {verdicts[-1]})")
     overall = ("**holds**" if set(verdicts) == {"holds"} else "**does not hold**" if "does not hold" in verdicts
                else "**not shown beyond noise**")
     return f"- {what}: {'; '.join(parts)}. {overall}."
@@ -201,8 +202,10 @@ def render_report(runs: Sequence[RunResult], figures: dict[str, str], responses_
               "Paper: Table 6 reports CIFAR-10 *test* error; ResNet-110 as \"best (mean±std)\" of 5 runs.", "",
               "## The paper's claims, checked on these runs", "", claims_markdown(rows), "",
               "## Runs", "", runs_markdown(runs), "",
-              "Training time: the logged windows' wall time summed (evaluation excluded), as the runs met "
-              "the machine, with whatever else it was running at the time.", ""]
+              "State: finished (weights written), interrupted (a checkpoint to resume from: stopped, or still "
+              "training as the report was made), new (no checkpoint yet). Training time: the logged windows' "
+              "wall time summed (evaluation excluded), as the runs met the machine, with whatever else it was "
+              "running at the time.", ""]
     if figures:
         parts += ["## Figures", ""]
         for caption, path in figures.items():

@@ -132,15 +132,15 @@ def test_claims_are_computed_from_the_errors_with_a_noise_margin():
     text = claims_markdown(rows)
     lines = {l.split(":")[1].strip(): l for l in text.splitlines() if l.startswith("- ")}
     assert len(lines) == 4
-    assert "training 6.00% vs 3.00% (+3.00 points; holds)" in lines["plain-56 has higher error than plain-20"]
+    assert "training cifar_plain56 6.00% vs cifar_plain20 3.00% (+3.00 points; holds)" in lines["plain-56 has higher error than plain-20"]
     assert lines["plain-56 has higher error than plain-20"].endswith("**holds**.")
-    assert "validation 8.50% vs 7.00% (+1.50 points; holds)" in lines["ResNet-56 has lower error than ResNet-20"]
+    assert "validation cifar_resnet20 8.50% vs cifar_resnet56 7.00% (+1.50 points; holds)" in lines["ResNet-56 has lower error than ResNet-20"]
     assert lines["ResNet-20 has lower error than plain-20"].endswith("**holds**.")
     # A claim the numbers contradict is said so, and one inside the noise is not called a result.
     rows[3] = _row("cifar_plain56", 56, False, [2.0], [9.0 + ONE_SEED_NOISE / 2])
     text = claims_markdown(rows)
     degradation = next(l for l in text.splitlines() if "plain-56 has higher" in l)
-    assert "training 2.00% vs 3.00% (-1.00 points; does not hold)" in degradation
+    assert "training cifar_plain56 2.00% vs cifar_plain20 3.00% (-1.00 points; does not hold)" in degradation
     assert "validation" in degradation and "within noise" in degradation and degradation.endswith("**does not hold**.")
     # Several seeds: the margin is twice the larger measured std.
     wide = [_row("cifar_resnet20", 20, True, [2.0, 2.0], [8.0, 10.0]),
