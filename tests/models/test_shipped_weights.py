@@ -11,6 +11,7 @@ this test in fp32).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 import resnets
+from resnets.cli import main
 from resnets.config import resolve_config, to_dict
 from resnets.eval.datasets import evaluate_cifar
 from resnets.models.weights import read_weights_metadata
@@ -36,7 +38,7 @@ def test_the_required_networks_ship():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_network_reproduces_its_recorded_validation_error(path, cifar10_jpeg):
+def test_shipped_network_reproduces_its_recorded_validation_error(path, cifar10_jpeg, capsys):
     meta = read_weights_metadata(path)
     optim = meta["config"]["optim"]
     # The paper's schedule, unshortened (Sec. 4.2), and trained to its end.
@@ -51,9 +53,14 @@ def test_shipped_network_reproduces_its_recorded_validation_error(path, cifar10_
     with safe_open(str(path), framework="pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} <= {"F32", "I64"}  # fp32, as issue 10 asks
 
-    model = resnets.create_model(path.stem, weights="cifar10-jpeg")  # from the installed package
+    # From the installed package, through the API and through `resnets eval` alike.
+    model = resnets.create_model(path.stem, weights="cifar10-jpeg")
     data = meta["config"]["data"]
     result = evaluate_cifar([model], str(cifar10_jpeg), "val", data["val_size"], data["split_seed"],
                             Runtime(torch.device("cpu"), "fp32"))
     assert result["n"] == data["val_size"] == 5000
     assert abs(result["top1_err"] - meta["val_error"]) <= 0.3, (result, meta["val_error"])
+    assert main(["eval", "--weights", "cifar10-jpeg", "--model", path.stem, "--data", str(cifar10_jpeg),
+                 "--device", "cpu", "--precision", "fp32", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (cli["n"], cli["top1_err"]) == (result["n"], result["top1_err"])
