@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from resnets.cli import main
 from resnets.data.transforms import ResizeCenterCrop, ResizeShorter, to_uint8_chw
-from resnets.eval.tta import ten_crop
 from resnets.models import Normalize, ResNet, create_model, save_weights
 
 CLASSES = ["n01", "n02", "n03"]
@@ -103,26 +103,81 @@ def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, mo
     assert ensemble["top1_err"] == pytest.approx(errors_from_probs((probs[0] + probs[1]) / 2, labels))
 
 
+def record_forward(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, logits) of every batch the networks run on from now on: what `resnets eval` feeds them."""
+    seen, real_forward = [], ResNet.forward
+
+    def forward(self, x):
+        logits = real_forward(self, x)
+        seen.append((x.detach().clone(), logits.detach().float().clone()))
+        return logits
+
+    monkeypatch.setattr(ResNet, "forward", forward)
+    return seen
+
+
+def averaged(logits: list[torch.Tensor], label: int) -> tuple[torch.Tensor, float]:
+    """The softmax scores of the views averaged, and their negative log-likelihood of `label`."""
+    probs = torch.cat(logits).softmax(1).mean(0)
+    return probs, -float(probs[label].log())
+
+
 @torch.no_grad()
-def test_ten_crop_matches_a_direct_computation(capsys, tree, models, monkeypatch, tmp_path):
+def test_ten_crop_is_the_corners_centre_and_their_flips_of_the_256_image(capsys, tree, models, monkeypatch, tmp_path):
+    """Sec. 3.4's "standard 10-crop testing": the 4 corner and the centre 224 crops of the image
+    resized to shorter side 256, and their mirrors (written out here with Pillow and slicing),
+    their softmax scores averaged."""
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
-    data = val_images(tree)
-    labels = [t for _, t in data]
-    probs = []
-    for img, _ in data:
-        views = ten_crop(to_uint8_chw(ResizeShorter(256)(img)), 224).float() / 255
-        probs.append(models[1][1](views).softmax(1).mean(0))
+    seen = record_forward(monkeypatch)
     result = run_eval(capsys, tree, [models[1][0]], "10crop")
     assert result["n"] == 2 and result["protocol"] == "10crop"
-    assert result["top1_err"] == pytest.approx(errors_from_probs(torch.stack(probs), labels))
+
+    fed, logits = torch.cat([x for x, _ in seen]), torch.cat([y for _, y in seen])
+    assert fed.shape == (20, 3, 224, 224)  # 2 images x 10 views
+    data = val_images(tree)
+    probs, losses = [], []
+    for i, (img, label) in enumerate(data):
+        assert img.size == (64, 80)  # -> 256 x 320: no rounding to argue about
+        resized = torch.from_numpy(np.array(img.resize((256, 320), Image.Resampling.BILINEAR))).permute(2, 0, 1)
+        corners = [(0, 0), (0, 256 - 224), (320 - 224, 0), (320 - 224, 256 - 224), ((320 - 224) // 2, (256 - 224) // 2)]
+        crops = [resized[:, t:t + 224, left:left + 224] for t, left in corners]
+        views = [c.float() / 255 for c in crops + [c.flip(-1) for c in crops]]
+        got = fed[10 * i:10 * (i + 1)]
+        # The ten views, each fed exactly once, and nothing else.
+        assert sorted(next(j for j, g in enumerate(got) if torch.equal(v, g)) for v in views) == list(range(10))
+        p, loss = averaged([logits[10 * i:10 * (i + 1)]], label)
+        probs.append(p)
+        losses.append(loss)
+    assert result["top1_err"] == pytest.approx(errors_from_probs(torch.stack(probs), [t for _, t in data]))
+    assert result["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
 
 
-def test_multiscale_runs_fully_convolutionally(capsys, tree, models, monkeypatch, tmp_path):
+@torch.no_grad()
+def test_multiscale_averages_the_five_scales_and_their_flips(capsys, tree, models, monkeypatch, tmp_path):
+    """Sec. 3.4: the whole image with its shorter side at each of {224, 256, 384, 480, 640}, and its
+    mirror; the ten softmax scores averaged. (The per-pixel-mean model gets its 224x224 mean
+    resized to every scale.)"""
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path))
-    # The per-pixel-mean model gets its 224x224 mean image resized to every scale.
+    seen = record_forward(monkeypatch)
     result = run_eval(capsys, tree, [models[0][0]], "multiscale")
     assert result["n"] == 2 and result["protocol"] == "multiscale" and result["dataset"] == "imagenet"
-    assert result["top1_err"] in (0.0, 50.0, 100.0)
+
+    data = val_images(tree)
+    assert len(seen) == 2 * 5  # per image, one batch per scale: the view and its mirror
+    probs, losses = [], []
+    for i, (img, label) in enumerate(data):
+        assert img.size == (64, 80)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+        batches = seen[5 * i:5 * (i + 1)]
+        for s, (fed, _) in zip((224, 256, 384, 480, 640), sorted(batches, key=lambda b: b[0].shape[-1])):
+            view = F.interpolate(x, size=(round(80 * s / 64), s), mode="bilinear", align_corners=False, antialias=True)
+            assert fed.shape == (2, 3, round(80 * s / 64), s), f"scale {s}"
+            torch.testing.assert_close(fed, torch.cat([view, view.flip(-1)]), rtol=0, atol=1e-6)
+        p, loss = averaged([y for _, y in batches], label)
+        probs.append(p)
+        losses.append(loss)
+    assert result["top1_err"] == pytest.approx(errors_from_probs(torch.stack(probs), [t for _, t in data]))
+    assert result["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
 
 
 def test_models_go_to_the_device_and_run_at_the_precision_asked_for(capsys, tree, models, monkeypatch, tmp_path):

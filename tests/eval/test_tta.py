@@ -107,14 +107,27 @@ def test_multiscale_equals_manual_average() -> None:
     torch.testing.assert_close(no_flip, torch.stack(probs[::2]).mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_multiscale_with_per_pixel_mean_normalize() -> None:
+def test_multiscale_subtracts_the_mean_image_resized_to_each_scale() -> None:
+    """The per-pixel mean (Sec. 3.4) is an image of one size; at every scale it is resized to the
+    input (bilinear), and the mirrored view has the same mean subtracted at each position."""
     from resnets.models.normalize import Normalize
 
-    model = nn.Sequential(Normalize(torch.rand(3, 8, 8)), TinyNet()).eval()
+    torch.manual_seed(0)
+    mean = torch.rand(3, 8, 8)
+    net = TinyNet().eval()
+    model = nn.Sequential(Normalize(mean), net).eval()
     x = torch.randint(0, 256, (1, 3, 16, 24), dtype=torch.uint8).float() / 255
     with torch.no_grad():
-        log_probs = multiscale_log_probs(model, x, scales=(8, 12, 16))
-    assert log_probs.shape == (1, 4) and torch.isfinite(log_probs).all()
+        got = multiscale_log_probs(model, x, scales=(8, 12, 16)).exp()[0]
+        probs = []
+        for size in ((8, 12), (12, 18), (16, 24)):
+            xs = x if size == (16, 24) else F.interpolate(x, size=size, mode="bilinear", antialias=True)
+            mean_s = F.interpolate(mean[None], size=size, mode="bilinear", align_corners=False)
+            probs += [net(xs - mean_s).softmax(1)[0], net(xs.flip(-1) - mean_s).softmax(1)[0]]
+        # Leaving the mean out (or mirroring it with the image) gives other scores: the check can tell.
+        unnormalised = torch.stack([net(v).softmax(1)[0] for v in (x, x.flip(-1))]).mean(0)
+    torch.testing.assert_close(got, torch.stack(probs).mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, unnormalised, atol=1e-3)
 
 
 def test_ensemble_and_ten_crop_probs() -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from reference_nets import randomize_bn
 
 import resnets
 from resnets import CheckpointError, count_flops, count_params, create_model, list_models, load_state_dict
@@ -142,17 +144,71 @@ def test_shortcut_option_a_is_zero_padded_subsampling():
     assert not list(shortcut.parameters())
 
 
-def test_plain_blocks_have_no_shortcut_and_residual_blocks_add_it():
+def reference_forward(model: torch.nn.Module, x: torch.Tensor, option: str, relu_after_add: bool = True) -> torch.Tensor:
+    """A CIFAR-stem ResNet in eval mode, written out as functions of its state dict (Sec. 3.2-3.3):
+    y = relu(F(x) + shortcut(x)), the shortcut by Table 3's option: A zero-pads the channels of a
+    stride-s subsampling where the shape changes, B projects (1x1 conv + BN) there, C everywhere."""
+    sd = model.state_dict()
+
+    def bn(h, name):
+        return F.batch_norm(h, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
+                            sd[f"{name}.bias"], False, 0.0, 1e-5)
+
+    h = F.relu(bn(F.conv2d(x, sd["conv1.weight"], padding=1), "bn1"))
+    blocks = sorted({k.rsplit(".", 2)[0] for k in sd if k.startswith("layer") and ".conv1." in k},
+                    key=lambda b: tuple(int(t) for t in b.removeprefix("layer").split(".")))
+    for b in blocks:
+        stride = 2 if b.endswith(".0") and not b.startswith("layer1.") else 1
+        out_channels = sd[f"{b}.conv3.weight" if f"{b}.conv3.weight" in sd else f"{b}.conv2.weight"].shape[0]
+        changes = stride != 1 or h.shape[1] != out_channels
+        projects = f"{b}.downsample.0.weight" in sd
+        assert projects == (option == "C" or (option == "B" and changes)), b
+        if projects:
+            shortcut = bn(F.conv2d(h, sd[f"{b}.downsample.0.weight"], stride=stride), f"{b}.downsample.1")
+        elif changes:  # option A
+            sub = h[:, :, ::stride, ::stride]
+            shortcut = torch.cat([sub, sub.new_zeros(sub.shape[0], out_channels - sub.shape[1], *sub.shape[2:])], 1)
+        else:
+            shortcut = h
+        if f"{b}.conv3.weight" in sd:  # bottleneck, stride in the first 1x1 (the paper's)
+            out = F.relu(bn(F.conv2d(h, sd[f"{b}.conv1.weight"], stride=stride), f"{b}.bn1"))
+            out = F.relu(bn(F.conv2d(out, sd[f"{b}.conv2.weight"], padding=1), f"{b}.bn2"))
+            out = bn(F.conv2d(out, sd[f"{b}.conv3.weight"]), f"{b}.bn3")
+        else:
+            out = F.relu(bn(F.conv2d(h, sd[f"{b}.conv1.weight"], stride=stride, padding=1), f"{b}.bn1"))
+            out = bn(F.conv2d(out, sd[f"{b}.conv2.weight"], padding=1), f"{b}.bn2")
+        h = F.relu(out + shortcut) if relu_after_add else F.relu(out) + shortcut
+    return F.linear(h.mean((2, 3)), sd["fc.weight"], sd["fc.bias"])
+
+
+@pytest.mark.parametrize("option", ["A", "B", "C"])
+@pytest.mark.parametrize("kind", ["basic", "bottleneck"])
+def test_shortcut_options_and_relu_after_the_addition_by_the_numbers(kind, option):
+    torch.manual_seed(0)
+    if kind == "basic":
+        model = create_model("cifar_resnet8", shortcut=option, num_classes=5)  # 16 -> 16, 16 -> 32/2, 32 -> 64/2
+    else:
+        model = ResNet(Bottleneck, [2, 2], widths=(4, 8), num_classes=5, stem="cifar", shortcut=option)
+    randomize_bn(model)  # eval mode, non-trivial statistics: every branch and shortcut matters
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        got = model(x)
+        torch.testing.assert_close(got, reference_forward(model, x, option), rtol=1e-4, atol=1e-5)
+        # The check can tell the ReLU's place: before the addition the numbers differ.
+        assert not torch.allclose(got, reference_forward(model, x, option, relu_after_add=False), atol=1e-3)
+
+
+def test_plain_blocks_have_no_shortcut():
     plain = create_model("cifar_plain20")
     res = create_model("cifar_resnet20")
     assert all(not b.residual for b in plain.modules() if isinstance(b, BasicBlock))
     assert all(b.residual for b in res.modules() if isinstance(b, BasicBlock))
-    # A residual block whose branch is zeroed is the identity (after ReLU of a ReLU output).
-    block = res.layer1[1].eval()
-    torch.nn.init.zeros_(block.bn2.weight)
-    torch.nn.init.zeros_(block.bn2.bias)
+    # A plain block is relu(F(x)) (Sec. 3.3), nothing added.
+    block = randomize_bn(plain.layer1[1])
     x = torch.relu(torch.randn(2, 16, 8, 8))
-    assert torch.equal(block(x), x)
+    with torch.no_grad():
+        branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+        torch.testing.assert_close(block(x), torch.relu(branch))
 
 
 def test_plain_is_explicit_and_keeps_the_state_dict_keys():
