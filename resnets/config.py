@@ -19,6 +19,7 @@ import yaml
 
 from .errors import ConfigError
 from .io import atomic_write_text, get_dotted
+from .runtime import DEVICE_SPELLINGS, is_device_spelling
 
 # Field metadata: what a saved run must share with the current one. Each list of such keys is
 # derived from these marks (`marked_keys`), so it can only name fields that exist.
@@ -133,8 +134,9 @@ class TrainConfig:
     """The run directory."""
     seed: int = field(default=0, metadata=marks(CRITICAL, REUSE))
     """Seeds initialisation, data order and augmentation; a resumed run continues the same streams."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU."""
+    device: str = "auto"
+    """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU; "cpu";
+    "cuda" (the LOCAL_RANK GPU); "cuda:N" (GPU N)."""
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=marks(REPORT))
     """"auto": bf16 autocast where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or AMX, as
     oneDNN reports), else fp32."""
@@ -354,6 +356,7 @@ def validate(config: TrainConfig) -> None:
         "eval_every": positive,
         "log_every": positive,
         "checkpoint_every": positive,
+        "device": (is_device_spelling, DEVICE_SPELLINGS),
     }
     for key, (ok, expected) in rules.items():
         value = get_dotted(to_dict(config), key)

@@ -38,9 +38,19 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
+def cuda_bf16_supported(device: torch.device, including_emulation: bool) -> bool:
+    """Whether the run's GPU `device` runs bf16: natively (compute capability 8.0+, ROCm), or also
+    through emulation. `torch.cuda.is_bf16_supported` asks the current device, which need not be
+    the run's (before `setup_runtime` sets it, or with `--device cuda:N`), so it is asked there."""
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=including_emulation)
+
+
 def fast_bf16_available(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Native bf16 only: V100 and T4 (compute capability 7.x) emulate it, slower than fp32
+        # there, and `is_bf16_supported()` counts emulation unless told not to.
+        return cuda_bf16_supported(device, including_emulation=False)
     # oneDNN reports bf16 support on CPUs with AVX512-BF16 or AMX. On the project's 2-core
     # AVX512-BF16 machines bf16 autocast trains ResNet-20/56/110 1.57-1.68x and ImageNet
     # ResNet-50 2.16x faster than fp32, idle machine, same run (docs/performance.md).
@@ -50,27 +60,34 @@ def fast_bf16_available(device: torch.device) -> bool:
         return False
 
 
+DEVICE_SPELLINGS = "auto, cpu, cuda or cuda:N"
+
+
+def is_device_spelling(choice: str) -> bool:
+    """Whether `choice` names a device the way --device and the configs do (DEVICE_SPELLINGS)."""
+    return choice in ("auto", "cpu", "cuda") or (choice.startswith("cuda:") and choice[5:].isdigit())
+
+
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     """"auto" (CUDA when available), "cpu", "cuda" (the process's LOCAL_RANK GPU) or "cuda:N"."""
-    index = local_rank
-    if choice.startswith("cuda:"):
-        if not choice[5:].isdigit():
-            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {choice!r}")
-        choice, index = "cuda", int(choice[5:])
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("device: 'cuda' was asked for, but no CUDA device is available")
-        return torch.device("cuda", index)
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {choice!r}")
-    return torch.device("cpu")
+    if not is_device_spelling(choice):
+        raise ConfigError(f"device: expected {DEVICE_SPELLINGS}, got {choice!r}")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {choice!r} was asked for, but no CUDA device is available")
+    index = int(choice[5:]) if choice.startswith("cuda:") else local_rank
+    if index >= (count := torch.cuda.device_count()):
+        raise ConfigError(f"device: GPU {index} was asked for ({choice!r}, local rank {local_rank}), "
+                          f"but {count} CUDA device(s) are visible")
+    return torch.device("cuda", index)
 
 
 def resolve_precision(choice: str, device: torch.device) -> str:
     if choice == "auto":
         return "bf16" if fast_bf16_available(device) else "fp32"
-    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("precision: this GPU has no bf16 support; use fp32")
+    if choice == "bf16" and device.type == "cuda" and not cuda_bf16_supported(device, including_emulation=True):
+        raise ConfigError(f"precision: the GPU {device} has no bf16 support; use fp32")
     return choice
 
 
@@ -98,8 +115,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """The global random streams, as tensors and plain values (weights_only-loadable)."""
+def rng_state(device: torch.device) -> dict:
+    """The global random streams of a run on `device`, as tensors and plain values (weights_only-loadable).
+
+    Of CUDA's streams only the run's GPU's: saving every visible GPU's (`get_rng_state_all`) made
+    a checkpoint unloadable with fewer GPUs visible, and a CPU run never initialises CUDA here.
+    """
     np_state = np.random.get_state()
     state = {
         "python": repr(random.getstate()),
@@ -107,20 +128,29 @@ def rng_state() -> dict:
                   "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Set the streams `rng_state` saved; the CUDA one on the run's GPU `device`, if it runs on one.
+
+    Checkpoints written before hold every visible GPU's stream (a list, by GPU index): the run's
+    GPU takes its own index's, or none when the checkpoint has fewer.
+    """
     import ast
 
     random.setstate(_to_tuple(ast.literal_eval(state["python"])))
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and cuda is not None:
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[device.index] if device.index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 def _to_tuple(x):

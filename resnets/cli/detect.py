@@ -19,7 +19,7 @@ from resnets.detection.config import DetectionConfig, load_yaml_options
 from resnets.errors import ConfigError, DataError
 from resnets.io import atomic_write_text
 
-from .options import DEVICES, add_deprecated_alias, add_device, add_json, add_out, report, require
+from .options import DEVICE_METAVAR, add_deprecated_alias, add_device, add_json, add_out, device_option, report, require
 
 __all__ = ["add_parser", "run", "build_dataset"]
 
@@ -57,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_deprecated_alias(t, "--iterations", "--iters", dest="iters", type=int)
     t.add_argument("--arch", default=None, metavar="NAME",
                    help="backbone network from `resnets models`, e.g. resnet50 or resnet101 (config: arch)")
-    t.add_argument("--device", choices=DEVICES, default=None,
+    t.add_argument("--device", type=device_option, metavar=DEVICE_METAVAR, default=None,
                    help='where to train: "auto" is CUDA when available (default: the config\'s, "auto")')
     t.add_argument("--synthetic-images", type=int, default=None, metavar="N",
                    help="size of the generated set with --format synthetic (default: 200)")

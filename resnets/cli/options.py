@@ -2,7 +2,7 @@
 
 - `--out`: where a command's output goes (a run directory, a folder or a file).
 - `--checkpoint FILE`: the trained network to use; repeated where several form an ensemble.
-- `--device {auto,cpu,cuda}`: "auto" is CUDA when available, else the CPU.
+- `--device {auto,cpu,cuda,cuda:N}`: "auto" is CUDA when available, else the CPU.
 - `--iters N`: a number of training iterations.
 - `--json`: print the result as one JSON object, the last line of the output.
 
@@ -18,8 +18,16 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from ..runtime import DEVICE_SPELLINGS, is_device_spelling
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICE_METAVAR = "{auto,cpu,cuda,cuda:N}"
+
+
+def device_option(value: str) -> str:
+    """argparse `type` of every --device: auto, cpu, cuda or cuda:N (GPU N)."""
+    if not is_device_spelling(value):
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_SPELLINGS}, got {value!r}")
+    return value
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -53,8 +61,9 @@ def require(args: argparse.Namespace, dest: str, option: str) -> Any:
 
 
 def add_device(parser, default: str = "auto") -> None:
-    parser.add_argument("--device", choices=DEVICES, default=default,
-                        help='where to run: "auto" is CUDA when available, else the CPU (default: %(default)s)')
+    parser.add_argument("--device", type=device_option, metavar=DEVICE_METAVAR, default=default,
+                        help='where to run: "auto" is CUDA when available, else the CPU; "cuda:N" is GPU N '
+                             '(default: %(default)s)')
 
 
 def add_json(parser) -> None:

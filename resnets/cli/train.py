@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..config import DataConfig, ModelConfig, OptimConfig, TrainConfig, field_docs, load_yaml, resolve_config
 from ..errors import CheckpointError
-from .options import DEVICES, add_json, report
+from .options import DEVICE_METAVAR, add_json, device_option, report
 
 # flag -> (config key, argparse extras). One table: no flag exists without a config field.
 # A flag that sets a field to one value carries its own help (the field's documentation
@@ -57,7 +57,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--preset": ("preset", {"choices": ["cifar-paper", "imagenet-paper"]}),
     "--out": ("out", {"metavar": "RUN_DIR"}),
     "--seed": ("seed", {"type": int}),
-    "--device": ("device", {"choices": DEVICES}),
+    "--device": ("device", {"type": device_option, "metavar": DEVICE_METAVAR}),
     "--precision": ("precision", {"choices": ["auto", "fp32", "bf16"]}),
     "--no-channels-last": ("channels_last", {"action": "store_const", "const": False, "help":
                            "keep NCHW tensors instead of channels-last (NHWC); usually slower, for debugging "

@@ -355,7 +355,7 @@ def imagenet_loader(
     sampler: torch.utils.data.Sampler | None = None,
     num_workers: int = 8,
     drop_last: bool = False,
-    pin_memory: bool = True,
+    pin_memory: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader with the settings that matter for JPEG decoding throughput.
@@ -372,7 +372,7 @@ def imagenet_loader(
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=skip_bad_collate,
-        pin_memory=pin_memory and torch.cuda.is_available(),
+        pin_memory=pin_memory,  # the caller's: True when the batches go to a GPU (the run's device, not any GPU)
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,

@@ -40,9 +40,9 @@ def topk_errors(
     correct_within = hit.cumsum(dim=1)  # [n, j] = 1 if target in top-(j+1)
     if valid is not None:
         correct_within = correct_within * valid.to(top.device)[:, None]
-        n = valid.sum()
+        n: torch.Tensor | int = valid.sum()
     else:
-        n = torch.tensor(scores.shape[0], device=top.device)
+        n = scores.shape[0]  # a Python int: no tensor made on the host and copied to the device
     counts = [n - correct_within[:, min(k, kmax) - 1].sum() for k in ks]
     return torch.stack(counts).to(torch.int64)
 
@@ -62,8 +62,9 @@ class TopKAccumulator:
     def update(self, scores: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> None:
         """Add a batch; `valid` (N,) bool excludes padded duplicates."""
         self._errors += topk_errors(scores, targets, self.ks, valid).to(self.device)
-        n = valid.sum() if valid is not None else torch.tensor(scores.shape[0])
-        self._n += n.to(self.device, torch.int64)
+        # The batch size is a Python number: added in place, with no host tensor copied per batch
+        # (a copy from pageable host memory waits for the GPU).
+        self._n += valid.sum().to(self.device, torch.int64) if valid is not None else scores.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks (no-op unless torch.distributed is initialised)."""

@@ -147,7 +147,8 @@ class ImagenetStream:
 
     def batches(self, start_step: int) -> Iterator[tuple[Tensor, Tensor]]:
         sampler = ResumableShardSampler(len(self.samples), self.shard, self.seed, start_step)
-        loader = imagenet_loader(self.samples, self.shard.size, sampler=sampler, num_workers=self.workers)
+        loader = imagenet_loader(self.samples, self.shard.size, sampler=sampler, num_workers=self.workers,
+                                 pin_memory=self.device.type == "cuda")
         step = start_step
         for batch in loader:
             if batch is None:  # every image of this share was unreadable (--skip-bad-images)
@@ -214,7 +215,8 @@ def build_imagenet(data: DataConfig, shard: BatchShard, seed: int, runtime: Runt
                             pca=data.augment == "paper")
     # Strided shards: every validation image is scored exactly once across processes (no padding).
     val_share = list(range(shard.rank, len(val), shard.world_size))
-    val_loader = imagenet_loader(val, shard.size, sampler=val_share, num_workers=data.workers)
+    val_loader = imagenet_loader(val, shard.size, sampler=val_share, num_workers=data.workers,
+                                 pin_memory=runtime.device.type == "cuda")
     description = (f"ImageNet folders {data.path} ({len(train)} train / {len(val)} val images, "
                    f"{len(train.classes)} classes, augment {data.augment})")
     # The file listing, not the pixels: hashing ImageNet's 140 GB would take longer than an epoch.

@@ -13,8 +13,8 @@ A resume checks them before it builds anything (`resnets.checkpoint.check_resume
 `check_data_fingerprint`) and does not load them: the settings given now stay in force, as
 a resume may change some of them.
 
-The random streams are the process's global ones (Python, NumPy, torch, CUDA): the
-checkpoint holds them as they were at the save, and loading it sets them.
+The random streams are the process's global ones (Python, NumPy, torch, and CUDA's for the
+run's GPU only): the checkpoint holds them as they were at the save, and loading it sets them.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class TrainState:
             "model": {**self.model.state_dict(), **normalization_state(self.model.input_norm)},
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             **self.stats.state_dict(),  # "window", "first_bad", "warmup_window"
-            "rng": rng_state(), "data_fingerprint": self.data_fingerprint,
+            "rng": rng_state(self.device), "data_fingerprint": self.data_fingerprint,
         }
 
     def load_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
@@ -76,7 +76,12 @@ class TrainState:
         self.schedule.load_state_dict(checkpoint["schedule"])
         self.iteration = int(checkpoint["iteration"])
         self.stats.load_state_dict(checkpoint)
-        set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"], self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """The run's device (where the network is)."""
+        return next(self.model.parameters()).device
 
     def non_finite_tensors(self) -> list[str]:
         """The weights, buffers and momentum tensors that hold NaN or inf, by name (none: [])."""
