@@ -19,7 +19,6 @@ import yaml
 
 from .errors import ConfigError
 from .io import atomic_write_text, get_dotted
-from .runtime import DEVICE_SPELLINGS, is_device_spelling
 
 # Field metadata: what a saved run must share with the current one. Each list of such keys is
 # derived from these marks (`marked_keys`), so it can only name fields that exist.
@@ -116,6 +115,14 @@ class OptimConfig:
     """Training error (percent) below which the warm-up ends (Sec. 4.2: 80%, ~400 iterations)."""
     warmup_max_iters: int = 5000
     """Safety net: the warm-up ends here even if the error never drops."""
+
+
+DEVICE_SPELLINGS = "auto, cpu, cuda or cuda:N"
+
+
+def is_device_spelling(choice: str) -> bool:
+    """Whether `choice` names a device as `device` settings and --device do (`resnets.runtime.resolve_device`)."""
+    return choice in ("auto", "cpu", "cuda") or (choice.startswith("cuda:") and choice[5:].isdigit())
 
 
 @dataclass

@@ -60,23 +60,18 @@ def fast_bf16_available(device: torch.device) -> bool:
         return False
 
 
-DEVICE_SPELLINGS = "auto, cpu, cuda or cuda:N"
-
-
-def is_device_spelling(choice: str) -> bool:
-    """Whether `choice` names a device the way --device and the configs do (DEVICE_SPELLINGS)."""
-    return choice in ("auto", "cpu", "cuda") or (choice.startswith("cuda:") and choice[5:].isdigit())
-
-
 def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """"auto" (CUDA when available), "cpu", "cuda" (the process's LOCAL_RANK GPU) or "cuda:N"."""
-    if not is_device_spelling(choice):
-        raise ConfigError(f"device: expected {DEVICE_SPELLINGS}, got {choice!r}")
+    """"auto" (CUDA when available), "cpu", "cuda" (the process's LOCAL_RANK GPU) or "cuda:N" (GPU N)."""
+    if choice in ("auto", "cuda"):
+        index = local_rank
+    elif choice.startswith("cuda:") and choice[5:].isdigit():
+        index = int(choice[5:])
+    elif choice != "cpu":
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {choice!r}")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError(f"device: {choice!r} was asked for, but no CUDA device is available")
-    index = int(choice[5:]) if choice.startswith("cuda:") else local_rank
     if index >= (count := torch.cuda.device_count()):
         raise ConfigError(f"device: GPU {index} was asked for ({choice!r}, local rank {local_rank}), "
                           f"but {count} CUDA device(s) are visible")

@@ -17,8 +17,8 @@ import json
 import sys
 from typing import Any
 
+from ..config import DEVICE_SPELLINGS, is_device_spelling
 from ..errors import ConfigError
-from ..runtime import DEVICE_SPELLINGS, is_device_spelling
 
 DEVICE_METAVAR = "{auto,cpu,cuda,cuda:N}"
 

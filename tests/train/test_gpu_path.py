@@ -8,6 +8,7 @@ by `benchmarks/gpu_check.py` on a machine with GPUs.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -210,3 +211,29 @@ def test_validation_counts_copy_nothing_from_the_host_per_batch():
     cpu = TopKAccumulator((1, 5))
     cpu.update(torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), torch.tensor([1, 1, 0]))
     assert cpu.compute() == {"top1_err": pytest.approx(200 / 3), "top5_err": 0.0, "n": 3}
+
+
+# --- the GPU check script ------------------------------------------------------------------------------
+
+def test_gpu_check_script_dry_run_on_the_cpu(tmp_path, capsys):
+    """benchmarks/gpu_check.py with --device cpu: the steps run (a subset here, to stay fast), each
+    checked, a table printed and the JSON written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[2] / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    code = gpu_check.main(["--device", "cpu", "--precisions", "fp32", "--steps", "train,resume,eval,ddp",
+                           "--iters", "4", "--model", "cifar_resnet8", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and [(r["step"], r["status"]) for r in result["rows"]] == [
+        ("train", "ok"), ("resume", "ok"), ("eval", "ok"), ("ddp", "skipped")]
+    assert "iteration 4 -> 8" in printed and "50 images" in printed
+    # A failing step is reported, the ones that need it skipped, and the exit status says so.
+    code = gpu_check.main(["--device", "cpu", "--precisions", "fp32", "--steps", "train,resume", "--iters", "4",
+                           "--model", "no_such_net", "--json", str(out)])
+    assert code == 1
+    assert [r["status"] for r in json.loads(out.read_text())["rows"]] == ["FAILED", "skipped"]
