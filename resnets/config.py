@@ -145,8 +145,8 @@ class TrainConfig:
     """"auto": CUDA when available (under torchrun, the process's LOCAL_RANK GPU), else CPU; "cpu";
     "cuda" (the LOCAL_RANK GPU); "cuda:N" (GPU N)."""
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata=marks(REPORT))
-    """"auto": bf16 autocast where the hardware has fast bf16 (CUDA; CPUs with AVX512-BF16 or AMX, as
-    oneDNN reports), else fp32."""
+    """"auto": bf16 autocast where the hardware has fast bf16 (the run's GPU natively, compute capability
+    8.0+, not the emulation of V100/T4; CPUs with AVX512-BF16 or AMX, as oneDNN reports), else fp32."""
     channels_last: bool = True
     """NHWC memory format: faster convolutions with oneDNN and cuDNN."""
     compile: bool = False
