@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
                     check(done.returncode == 0, f"torchrun exit {done.returncode}: "
                           f"{(done.stderr.strip().splitlines() or [''])[-1]}")
-                    s = json.loads(done.stdout.strip().splitlines()[-1])
+                    # rank 0 reports; the last JSON line is its summary
+                    s = json.loads(next(x for x in reversed(done.stdout.splitlines()) if x.startswith("{")))
                     check(s["processes"] == 2, f"{s['processes']} processes")
                     return f"2 processes, iteration {s['iteration']}, {images_per_s(out)} img/s"
 
