@@ -71,11 +71,17 @@ def recorded_run(tiny_cifar, tmp_path_factory):
     """`resnets train` for two epochs of the tiny tree (150 training / 50 validation images),
     with every training batch and every validation pass it ran recorded."""
     trained: list[tuple[np.ndarray, np.ndarray]] = []
+    optimizers: list[dict] = []  # per step: the optimizer's settings and what it updates
     validated: list[list[tuple[np.ndarray, np.ndarray]]] = []
     real_step, real_evaluate = engine.train_step, engine.evaluate
 
     def recording_step(model, optimizer, x, y, runtime):
         trained.append((x.cpu().numpy().copy(), y.cpu().numpy().copy()))
+        group = optimizer.param_groups[0]
+        optimizers.append({"type": type(optimizer), "groups": len(optimizer.param_groups),
+                           "params": sum(p.numel() for p in group["params"]),
+                           "model_params": sum(p.numel() for p in model.parameters()),
+                           **{k: group[k] for k in ("lr", "momentum", "weight_decay", "dampening", "nesterov")}})
         return real_step(model, optimizer, x, y, runtime)
 
     def recording_evaluate(models, batches, *args, **kwargs):
@@ -92,7 +98,8 @@ def recorded_run(tiny_cifar, tmp_path_factory):
                      "--eval-every", str(iters), "--log-every", "5", "--out", str(out), "--device", "cpu",
                      "--precision", "fp32", "--no-tensorboard"]) == 0
     images, labels = read_tree(tiny_cifar)
-    return {"trained": trained, "validated": validated, "images": images, "labels": labels}
+    return {"trained": trained, "validated": validated, "optimizers": optimizers, "images": images, "labels": labels,
+            "out": out}
 
 
 def validation_indices(run) -> np.ndarray:
@@ -203,3 +210,26 @@ def test_warmup_lasts_until_the_recent_training_error_is_below_80_percent(tiny_c
     assert lrs[60:iters - 1] == pytest.approx([0.1] * (iters - 61))  # "then go back to 0.1"
     train_errors = {r["iteration"]: r["train_error"] for r in rows if r["event"] == "train"}
     assert train_errors[50] == pytest.approx(80.0) and train_errors[60] == pytest.approx(75.0)
+
+
+def test_sgd_schedule_and_per_pixel_mean_are_the_papers(recorded_run):
+    """Sec. 3.4 / 4.2: SGD with momentum 0.9 and weight decay 1e-4 on every weight (BN's too, as in
+    the Caffe solver), lr 0.1 divided by 10 at the milestone, and the per-pixel mean of the
+    images trained on (not of the held-out ones) subtracted from every input."""
+    from safetensors.torch import load_file
+
+    steps = recorded_run["optimizers"]
+    assert len(steps) == EPOCHS * 150 // BATCH
+    for s in steps:
+        assert s["type"] is torch.optim.SGD and s["groups"] == 1 and s["params"] == s["model_params"]
+        assert (s["momentum"], s["weight_decay"], s["dampening"], s["nesterov"]) == (0.9, 1e-4, 0, False)
+    milestone = len(steps) // 2  # --milestones ITERS/2: iteration ITERS/2 (0-based) is the first at 0.01
+    assert [s["lr"] for s in steps] == pytest.approx([0.1] * milestone + [0.01] * (len(steps) - milestone))
+
+    val = set(validation_indices(recorded_run).tolist())
+    images = recorded_run["images"]
+    trained_on = images[sorted(set(range(len(images))) - val)]
+    weights = load_file(str(recorded_run["out"] / "model.safetensors"))
+    expected = torch.from_numpy(trained_on.astype(np.float64).mean(0) / 255).float()
+    torch.testing.assert_close(weights["input_norm.mean"], expected, rtol=0, atol=1e-6)
+    assert torch.all(weights["input_norm.std"] == 1)  # the mean is subtracted, nothing divided (Sec. 4.2)
