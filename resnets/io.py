@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
 from .errors import CheckpointError
 
 _UMASK = os.umask(0o022)  # read the process's umask (there is no getter) and put it back
@@ -54,6 +52,8 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     torch's own messages run over several lines and advise `weights_only=False`, which
     would execute whatever the file holds; a file that needs it is never loaded here.
     """
+    import torch  # here, not at the top: `resnets --help` must not import torch (1-2 s)
+
     if not Path(path).is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:

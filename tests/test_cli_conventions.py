@@ -4,6 +4,8 @@ the stride placement is one flag pair."""
 
 import argparse
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -117,3 +119,20 @@ def test_json_is_one_object_on_the_last_line(tmp_path, capsys, tiny_cifar):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == str(tmp_path / "c.safetensors")
     assert main(["plot", str(out), "--out", str(tmp_path / "fig.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"written": str(tmp_path / "fig.png")}
+
+
+def test_help_of_every_command_imports_no_torch():
+    """`resnets CMD --help` answers at once (issue 26.5): no command imports torch (1-2 s, more on a
+    busy machine) before it runs. Checked in a fresh interpreter, on every leaf command."""
+    script = ("import sys\nfrom resnets.cli import main\n"
+              "for argv in sys.argv[1:]:\n"
+              "    try:\n        main(argv.split() + ['--help'])\n    except SystemExit:\n        pass\n"
+              "heavy = sorted(m for m in ('torch', 'numpy', 'safetensors', 'PIL') if m in sys.modules)\n"
+              "print('IMPORTED', heavy)\n")
+    commands = [""] + [name.removeprefix("resnets").strip() for name in LEAVES]
+    out = subprocess.run([sys.executable, "-c", script, *commands], capture_output=True, text=True, check=True)
+    assert "usage: resnets detect predict" in out.stdout  # every help was printed, nested ones too
+    assert out.stdout.strip().splitlines()[-1] == "IMPORTED []"
+    version = subprocess.run([sys.executable, "-c", script.replace("['--help']", "['--version']"), ""],
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.strip().splitlines()[-1] == "IMPORTED []"

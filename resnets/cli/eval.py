@@ -11,12 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
-from ..eval.datasets import evaluate_cifar, evaluate_imagenet
-from ..eval.predict import network_from_args
-from ..runtime import Runtime
 from .options import add_checkpoints, add_device, add_json, report
 
 
@@ -27,9 +22,13 @@ def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top: `resnets eval --help` must not import torch
+
+    from ..eval.datasets import evaluate_cifar, evaluate_imagenet
+    from ..eval.predict import network_from_args
     from ..models import model_spec
     from ..models.loading import model_from_file
-    from ..runtime import resolve_device, resolve_precision
+    from ..runtime import Runtime, resolve_device, resolve_precision
 
     loaded = [model_from_file(p) for p in args.checkpoint or []]
     if args.weights is not None or not loaded:

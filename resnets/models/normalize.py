@@ -22,10 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-
-# torchvision's ImageNet statistics, for weights trained with them.
-IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_CHANNEL_STD = (0.229, 0.224, 0.225)
+from .pretrained import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
 
 NormalizationKind = Literal["per_pixel_mean", "channel_mean_std", "none"]
 PREFIX = "input_norm."  # outside torchvision's key space
