@@ -31,8 +31,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would keep others from reading shared caches
         write(tmp)
+        # After `write`: mkstemp's 0600 would keep others from reading shared caches and run
+        # directories, and writers that replace the file (safetensors' save_file) make it 0600 again.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,6 +1,8 @@
 """The options every command spells the same way.
 
-- `--out`: where a command's output goes (a run directory, a folder or a file).
+- `--out`: where a command's output goes (a run directory, a folder or a file). Every command
+  treats a missing folder the same way (`prepare_out`): it is created, as `mkdir -p` would,
+  and named on stderr, so that a mistyped path shows at once instead of silently growing a tree.
 - `--checkpoint FILE`: the trained network to use; repeated where several form an ensemble.
 - `--device {auto,cpu,cuda}`: "auto" is CUDA when available, else the CPU.
 - `--iters N`: a number of training iterations.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
@@ -43,6 +47,28 @@ def add_out(parser, help: str, metavar: str, required: bool = True, old: str | N
     parser.add_argument("--out", metavar=metavar, required=required and old is None, help=help)
     if old is not None:
         add_deprecated_alias(parser, old, "--out", dest="out", metavar=metavar)
+
+
+def prepare_out(out: str | os.PathLike, folder: bool) -> Path:
+    """The one handling of `--out` (every command calls it before writing): `out` is a folder
+    (`folder=True`: a run directory, a folder of results) or a file whose folder is `out`'s
+    parent. Missing folders are created and the first of them named on stderr ("created ...");
+    a file where a folder belongs, or a folder where a file belongs, is a ConfigError."""
+    path = Path(out)
+    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; expected the name of the file to write")
+    if where.is_dir():
+        return path
+    missing = where  # the first folder to create
+    while not missing.parent.exists():
+        missing = missing.parent
+    if missing.exists() or not missing.parent.is_dir():
+        raise ConfigError(f"--out {out}: {missing if missing.exists() else missing.parent} is a file, not a folder")
+    where.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process says so
+        print(f"resnets: created {missing}{os.sep} for --out {out}", file=sys.stderr)
+    return path
 
 
 def require(args: argparse.Namespace, dest: str, option: str) -> Any:
