@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,61 @@ def test_help_of_every_command_imports_no_torch():
     version = subprocess.run([sys.executable, "-c", script.replace("['--help']", "['--version']"), ""],
                              capture_output=True, text=True, check=True)
     assert version.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
+def test_every_command_that_writes_calls_the_one_out_handling():
+    """Issue 26.2: an --out in a folder that does not exist is handled one way by every command
+    (`options.prepare_out`: created and named on stderr). Each command module that has an --out
+    goes through it, and nothing in resnets/cli creates folders on its own."""
+    import inspect
+
+    import resnets.cli as cli_package
+
+    modules = {}
+    for command, parser in LEAVES.items():
+        flags = {f for a in options(parser) for f in a.option_strings}
+        if "--out" in flags:
+            func = parser.get_default("func")
+            modules[command] = inspect.getsource(inspect.getmodule(func))
+    assert len(modules) >= 9, sorted(modules)
+    for command, source in modules.items():
+        assert "prepare_out(" in source, command
+    for path in Path(cli_package.__file__).parent.glob("*.py"):
+        assert path.name == "options.py" or ".mkdir(" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("folder", [True, False])
+def test_prepare_out_creates_and_names_missing_folders(tmp_path, capsys, folder):
+    from resnets.cli.options import prepare_out
+    from resnets.errors import ConfigError
+
+    out = tmp_path / "a" / "b" / ("run" if folder else "file.onnx")
+    assert prepare_out(out, folder=folder) == out
+    assert (out if folder else out.parent).is_dir() and not (not folder and out.exists())
+    assert f"created {tmp_path / 'a'}" in capsys.readouterr().err
+    prepare_out(out, folder=folder)  # already there: nothing said
+    assert capsys.readouterr().err == ""
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        prepare_out(tmp_path / "f" / "x" / "y", folder=folder)
+    if not folder:
+        with pytest.raises(ConfigError, match="is a folder; expected the name of the file"):
+            prepare_out(tmp_path, folder=False)
+
+
+def test_a_missing_out_folder_is_created_and_named_by_convert_train_and_plot(tmp_path, capsys, tiny_cifar):
+    import torch
+
+    from resnets import create_model
+
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in create_model("cifar_resnet8").state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "r8.th")  # as the common CIFAR repositories save it
+    assert main(["convert", str(tmp_path / "r8.th"), "--out", str(tmp_path / "new1" / "r8.safetensors")]) == 0
+    assert f"created {tmp_path / 'new1'}" in capsys.readouterr().err
+    run = tmp_path / "new2" / "run"
+    assert main(["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50",
+                 "--batch-size", "16", "--iters", "2", "--milestones", "1", "--device", "cpu", "--precision", "fp32",
+                 "--no-tensorboard", "--out", str(run)]) == 0
+    assert f"created {tmp_path / 'new2'}" in capsys.readouterr().err
+    assert main(["plot", str(run), "--out", str(tmp_path / "new3" / "fig.png")]) == 0
+    assert f"created {tmp_path / 'new3'}" in capsys.readouterr().err

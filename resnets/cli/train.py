@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..config import DataConfig, ModelConfig, OptimConfig, TrainConfig, field_docs, load_yaml, resolve_config
 from ..errors import CheckpointError
-from .options import DEVICES, add_json, report
+from .options import DEVICES, add_json, prepare_out, report
 
 # flag -> (config key, argparse extras). One table: no flag exists without a config field.
 # A flag that sets a field to one value carries its own help (the field's documentation
@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
+    if not args.resume:  # a resumed run's folder exists, or config_from_args said it does not
+        prepare_out(config.out, folder=True)
     summary = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, one process reports
