@@ -160,23 +160,22 @@ def test_every_command_that_writes_calls_the_one_out_handling():
         assert path.name == "options.py" or ".mkdir(" not in path.read_text(), path.name
 
 
-@pytest.mark.parametrize("folder", [True, False])
-def test_prepare_out_creates_and_names_missing_folders(tmp_path, capsys, folder):
+@pytest.mark.parametrize("kind", ["file", "folder", "run directory"])
+def test_prepare_out_creates_and_names_missing_folders(tmp_path, capsys, kind):
     from resnets.cli.options import prepare_out
     from resnets.errors import ConfigError
 
-    out = tmp_path / "a" / "b" / ("run" if folder else "file.onnx")
-    assert prepare_out(out, folder=folder) == out
-    assert (out if folder else out.parent).is_dir() and not (not folder and out.exists())
+    out = tmp_path / "a" / "b" / "out"
+    assert prepare_out(out, kind) == out
+    assert out.parent.is_dir() and not out.exists()  # the command writes the output itself
     assert f"created {tmp_path / 'a'}" in capsys.readouterr().err
-    prepare_out(out, folder=folder)  # already there: nothing said
+    prepare_out(out, kind)  # already there: nothing said
     assert capsys.readouterr().err == ""
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ConfigError, match="is a file, not a folder"):
-        prepare_out(tmp_path / "f" / "x" / "y", folder=folder)
-    if not folder:
-        with pytest.raises(ConfigError, match="is a folder; expected the name of the file"):
-            prepare_out(tmp_path, folder=False)
+    with pytest.raises(ConfigError, match=f"cannot hold .*: {tmp_path / 'f'} is a file; expected a {kind}"):
+        prepare_out(tmp_path / "f" / "x" / "y", kind)
+    with pytest.raises(ConfigError, match="is a folder; expected a file" if kind == "file" else "is a file; expected"):
+        prepare_out(tmp_path if kind == "file" else tmp_path / "f", kind)
 
 
 def test_a_missing_out_folder_is_created_and_named_by_convert_train_and_plot(tmp_path, capsys, tiny_cifar):

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "train":
         out = require(args, "out", "--out")
         if not args.resume:
-            prepare_out(out, folder=True)
+            prepare_out(out, "run directory")
         values: dict[str, Any] = {}
         if args.resume:  # the run's own config and data come first
             values, saved_data = engine.saved_config(out)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = build_dataset(args.format, args.data, args.split, args.annotations, args.synthetic_images,
                                 args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names)
         metrics = engine.evaluate(model, dataset, metric=args.metric, use_07_metric=args.voc07 or None)
-        out = prepare_out(args.out, folder=False) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
+        out = prepare_out(args.out, "file") if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
         atomic_write_text(out, json.dumps(metrics, indent=1))
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         report(args, metrics, f"{summary} (written to {out})")
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         for path in args.images:
             if not Path(path).is_file():
                 raise DataError(f"image {path} does not exist")
-        out = prepare_out(require(args, "out", "--out"), folder=True)
+        out = prepare_out(require(args, "out", "--out"), "folder")
         records = engine.predict(model, args.images, out, args.score_threshold, draw=not args.no_draw)
         report(args, {"detections": records, "written": str(Path(out) / "detections.json")},
                "\n".join(f"{r['image']}: {len(r['boxes'])} detections" for r in records))

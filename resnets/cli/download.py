@@ -22,6 +22,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = download_cifar10(prepare_out(require(args, "out", "--out"), folder=True), url=args.url, md5=args.md5)
+    folder = download_cifar10(prepare_out(require(args, "out", "--out"), "folder"), url=args.url, md5=args.md5)
     report(args, {"data": str(folder)}, str(folder))
     return 0

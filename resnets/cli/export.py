@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     model, config = network_from_args(args.model, args.weights, args.checkpoint)
     name = config["name"]
     size = args.image_size or model_spec(name).input_size
-    prepare_out(args.out, folder=False)
+    prepare_out(args.out, "file")
     path = export_onnx(model, args.out, image_size=size, opset=args.opset)
     result = {"written": str(path), "model": name, "image_size": size, "opset": args.opset}
     if args.check_images > 0:

@@ -1,8 +1,9 @@
 """The options every command spells the same way.
 
 - `--out`: where a command's output goes (a run directory, a folder or a file). Every command
-  treats a missing folder the same way (`prepare_out`): it is created, as `mkdir -p` would,
-  and named on stderr, so that a mistyped path shows at once instead of silently growing a tree.
+  treats missing folders above it the same way (`prepare_out`): they are created, as `mkdir -p`
+  would, and named on stderr, so that a mistyped path shows at once instead of silently growing
+  a tree.
 - `--checkpoint FILE`: the trained network to use; repeated where several form an ensemble.
 - `--device {auto,cpu,cuda}`: "auto" is CUDA when available, else the CPU.
 - `--iters N`: a number of training iterations.
@@ -49,23 +50,25 @@ def add_out(parser, help: str, metavar: str, required: bool = True, old: str | N
         add_deprecated_alias(parser, old, "--out", dest="out", metavar=metavar)
 
 
-def prepare_out(out: str | os.PathLike, folder: bool) -> Path:
-    """The one handling of `--out` (every command calls it before writing): `out` is a folder
-    (`folder=True`: a run directory, a folder of results) or a file whose folder is `out`'s
-    parent. Missing folders are created and the first of them named on stderr ("created ...");
-    a file where a folder belongs, or a folder where a file belongs, is a ConfigError."""
+def prepare_out(out: str | os.PathLike, kind: str) -> Path:
+    """The one handling of `--out` (every command calls it before writing). `kind` is what
+    `out` is: "file", "folder" or "run directory"; the command writes it. Missing folders
+    above it are created here and the first of them named on stderr ("created ..."), so that
+    a mistyped path shows. A file where a folder belongs, or a folder where a file belongs, is
+    a ConfigError in the words of `run_dir.prepare_run_dir`."""
     path = Path(out)
-    where = path if folder else path.parent
-    if not folder and path.is_dir():
-        raise ConfigError(f"--out {out}: is a folder; expected the name of the file to write")
-    if where.is_dir():
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir() and (parent != path or kind != "file"):
+            what = "is a file" if parent == path else f"cannot hold {path}: {parent} is a file"
+            raise ConfigError(f"--out {path}: {what}; expected a {kind}")
+    if kind == "file" and path.is_dir():
+        raise ConfigError(f"--out {path}: is a folder; expected a file name")
+    if path.parent.is_dir():
         return path
-    missing = where  # the first folder to create
+    missing = path.parent  # the first folder to create
     while not missing.parent.exists():
         missing = missing.parent
-    if missing.exists() or not missing.parent.is_dir():
-        raise ConfigError(f"--out {out}: {missing if missing.exists() else missing.parent} is a file, not a folder")
-    where.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process says so
         print(f"resnets: created {missing}{os.sep} for --out {out}", file=sys.stderr)
     return path

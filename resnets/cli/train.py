@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
     if not args.resume:  # a resumed run's folder exists, or config_from_args said it does not
-        prepare_out(config.out, folder=True)
+        prepare_out(config.out, "run directory")
     summary = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, one process reports
