@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     result["checkpoints"] = list(args.checkpoint or [])
     if args.weights is not None:
         result["weights"] = f"{args.model}:{args.weights}"
-    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
+    result["precision"] = runtime.precision
+    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s), "
+                         f"{runtime.precision}): "
                          f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
     return 0
 
@@ -84,7 +86,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="ImageNet: count and skip unreadable images instead of stopping")
     add_device(p)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it; default: %(default)s)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it), as `resnets train` "
+                        "chooses, so that eval repeats the validation error training printed (default: %(default)s)")
     add_json(p)
     p.set_defaults(func=run)
