@@ -194,3 +194,28 @@ def test_a_missing_out_folder_is_created_and_named_by_convert_train_and_plot(tmp
     assert f"created {tmp_path / 'new2'}" in capsys.readouterr().err
     assert main(["plot", str(run), "--out", str(tmp_path / "new3" / "fig.png")]) == 0
     assert f"created {tmp_path / 'new3'}" in capsys.readouterr().err
+
+
+# Options that share a name but rightly differ: what --out is (a file, a folder, a run
+# directory) is its metavar; --format is the weights' format in convert and the data set's in
+# detect; convert's --normalization offers the kinds a converted file can carry.
+DIFFERING_ON_PURPOSE = {"--out", "--format", "--normalization"}
+
+
+def test_an_option_is_spelled_the_same_in_every_command():
+    """README: "Every command spells its options the same way". An option that several commands
+    take has one metavar, one type and one set of choices everywhere (e.g. --model NAME,
+    --weights TAG, --iters N, --data PATH, --device {auto,cpu,cuda})."""
+    spellings: dict[str, dict[str, tuple]] = {}
+    for command, parser in LEAVES.items():
+        for action in options(parser):
+            if action.help == argparse.SUPPRESS:
+                continue
+            for flag in action.option_strings:
+                kind = (action.metavar, tuple(action.choices or ()), getattr(action.type, "__name__", None))
+                spellings.setdefault(flag, {})[command] = kind
+    shared = {flag: by_command for flag, by_command in spellings.items() if len(by_command) > 1}
+    assert {"--model", "--weights", "--iters", "--data", "--device", "--json", "--checkpoint"} <= set(shared)
+    differ = {flag: by_command for flag, by_command in shared.items()
+              if flag not in DIFFERING_ON_PURPOSE and len(set(by_command.values())) > 1}
+    assert not differ, differ

@@ -21,7 +21,7 @@ from .options import DEVICES, add_json, prepare_out, report
 # A flag that sets a field to one value carries its own help (the field's documentation
 # describes the field, not what "--no-..." does to it); flags sharing a key exclude each other.
 FLAGS: dict[str, tuple[str, dict]] = {
-    "--model": ("model.name", {}),
+    "--model": ("model.name", {"metavar": "NAME"}),
     "--num-classes": ("model.num_classes", {"type": int}),
     "--shortcut": ("model.shortcut", {"choices": ["A", "B", "C"]}),
     "--stride-in-1x1": ("model.stride_in_1x1", {"action": "store_const", "const": True, "help":
@@ -45,7 +45,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--workers": ("data.workers", {"type": int}),
     "--skip-bad-images": ("data.skip_bad_images", {"action": "store_const", "const": True, "help":
                           "ImageNet: log, count and skip unreadable images instead of stopping"}),
-    "--iters": ("optim.iters", {"type": int}),
+    "--iters": ("optim.iters", {"type": int, "metavar": "N"}),
     "--batch-size": ("optim.batch_size", {"type": int}),
     "--lr": ("optim.lr", {"type": float}),
     "--weight-decay": ("optim.weight_decay", {"type": float}),
