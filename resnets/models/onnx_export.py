@@ -67,6 +67,11 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
                                         dynamic_shapes=({0: batch},), external_data=False, verbose=False)
     finally:
         registration_log.setLevel(level)
+    # torch records each node's Python stack trace, with the absolute paths of this machine's
+    # source files; a shared model carries none (issue 28).
+    for graph in (program.model.graph, *program.model.functions.values()):
+        for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     atomic_write(path, program.save)  # a crash never leaves a half-written model behind
     return Path(path)
 
