@@ -73,7 +73,7 @@ def test_weights_record_the_data_by_name_not_by_path(tmp_path):
     assert meta["data"] == "class-folder archive cifar.tar.gz [split=train]"
     assert meta["config"] == {"data": {"path": "cifar.tar.gz", "cache_dir": "resnets"}, "out": "r8"}
     assert meta["urls"] == ["https://example.org/a/b.pth"]  # a URL is not a path of this machine
-    assert without_machine_paths("runs/r20 and C:\\Users\\me\\d.tar.gz") == "runs/r20 and d.tar.gz"
+    assert without_machine_paths("runs/r20 and D:\\Users\\me\\d.tar.gz") == "runs/r20 and d.tar.gz"
 
 
 def test_a_trained_model_safetensors_names_no_path_but_the_run_keeps_them(tmp_path, tiny_cifar):
