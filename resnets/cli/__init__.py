@@ -26,8 +26,8 @@ def model_rows() -> list[dict]:
     CIFAR networks are not even built at their depth: a 6n+2-layer net is three stages of n
     blocks whose blocks after the first are identical (Sec. 4.2), so both counts are exactly
     linear in n and follow from n = 1 and n = 2 (`tests/test_cli.py` checks this against the
-    built ResNet-110). Building and tracing the two 1202-layer nets took 8 of the command's
-    11 s.
+    built ResNet-56 and plain-110). Building and tracing the two 1202-layer nets took 8 of the
+    command's 11 s.
     """
     import functools
 
