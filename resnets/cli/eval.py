@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .options import add_checkpoints, add_device, add_json, report
+from .options import add_checkpoints, add_device, add_json, add_model_weights, report
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
@@ -66,9 +66,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoints(p, "a training checkpoint (.pt) or a model.safetensors; repeat --checkpoint for an ensemble "
                        "(softmax scores averaged, Table 5)", required=False)
-    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model, instead of --checkpoint "
-                                                    "(see `resnets predict -h`)")
-    p.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to evaluate")
+    add_model_weights(p)
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
     p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CheckpointError
-from .options import add_device, add_json, prepare_out, report
+from .options import add_device, add_json, add_model_weights, prepare_out, report
 
 # fp32 logits of the same network through two runtimes differ by summation order only;
 # measured 4e-6 on a trained ResNet-20 and 5e-5 on a random-init ResNet-50 at 224.
@@ -55,9 +55,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", metavar="FILE", help="a run's model.safetensors, a training checkpoint (.pt), "
                                                         "or weights `resnets convert` understands")
-    p.add_argument("--model", metavar="NAME", help="the network (with --weights; optional with --checkpoint)")
-    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model, instead of --checkpoint "
-                                                    "(see `resnets predict -h`)")
+    add_model_weights(p)
     p.add_argument("--out", required=True, metavar="FILE.onnx", help="the ONNX file to write")
     p.add_argument("--image-size", type=int, metavar="N",
                    help="square input size (default: the network's own, 32 for CIFAR, 224 for ImageNet)")

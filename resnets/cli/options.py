@@ -96,6 +96,14 @@ def add_checkpoints(parser, help: str, required: bool = True) -> None:
     parser.add_argument("--checkpoint", action="extend", nargs="+", required=required, metavar="FILE", help=help)
 
 
+def add_model_weights(parser) -> None:
+    """`--model NAME --weights TAG`: named pretrained weights, the alternative to `--checkpoint FILE`
+    (read by `eval.predict.network_from_args`, the one loader behind eval, predict and export)."""
+    parser.add_argument("--model", metavar="NAME", help="the network (with --weights; optional with --checkpoint)")
+    parser.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model instead of --checkpoint, "
+                                                         "downloaded on first use (tags: `resnets predict -h`)")
+
+
 def report(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
     """Print `text` for people, or with --json the result as one JSON object on the last line."""
     print(json.dumps(result) if getattr(args, "json", False) else text, flush=True)
