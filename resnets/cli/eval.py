@@ -35,7 +35,10 @@ def run(args: argparse.Namespace) -> int:
         net, config = network_from_args(args.model, args.weights, None)
         loaded.append((net, {"model": config, "run": None}))
     device = resolve_device(args.device)
-    runtime = Runtime(device, resolve_precision(args.precision, device))
+    # Training's precision by default, as its config names it ("auto" re-resolves on this
+    # machine), so that eval repeats the validation error training printed (issue 26.4).
+    precision = args.precision or (loaded[0][1].get("run") or {}).get("precision") or "auto"
+    runtime = Runtime(device, resolve_precision(precision, device))
     models = [m.to(memory_format=torch.channels_last) for m, _ in loaded]  # evaluate() feeds NHWC batches
     defaults = _defaults_from_run(loaded[0][1])
     family = model_spec(loaded[0][1]["model"]["name"]).family  # weights from elsewhere record no data set
@@ -84,8 +87,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="ImageNet: count and skip unreadable images instead of stopping")
     add_device(p)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it), as `resnets train` "
-                        "chooses, so that eval repeats the validation error training printed (default: %(default)s)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it); default: the one the "
+                        "network was trained with (its config's; auto for weights from elsewhere), so that eval "
+                        "repeats the validation error training printed")
     add_json(p)
     p.set_defaults(func=run)
