@@ -8,7 +8,7 @@ Compares, in one run and on one device:
 Optionally (--root) also times loading a CIFAR-10 source twice: the first load decodes
 into a fresh cache folder, the second reads the cache.
 
-    PYTHONPATH=. python benchmarks/bench_cifar_data.py --root /work/cifar_jpeg [--device cuda] [--json out.json]
+    PYTHONPATH=. python benchmarks/bench_cifar_data.py --root DIR [--device cuda] [--json out.json]
 """
 
 from __future__ import annotations

@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
-
-import torch
 
 from .errors import CheckpointError
 
@@ -33,8 +32,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would keep others from reading shared caches
         write(tmp)
+        # After `write`: mkstemp's 0600 would keep others from reading shared caches and run
+        # directories, and writers that replace the file (safetensors' save_file) make it 0600 again.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,12 +55,29 @@ def load_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     torch's own messages run over several lines and advise `weights_only=False`, which
     would execute whatever the file holds; a file that needs it is never loaded here.
     """
+    import torch  # here, not at the top: `resnets --help` must not import torch (1-2 s)
+
     if not Path(path).is_file():
         raise CheckpointError(f"{what} {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head.startswith(b"\x80") and _TORCH_LEGACY_MAGIC not in head:
+        raise CheckpointError(f"{what} {path} is a plain Python pickle (pickle.dump), not a PyTorch file "
+                              "(torch.save); only PyTorch files of tensors and plain values are read")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Legacy (pre-zip) torch files saved with pickle protocol > 2 load fine; torch's
+            # UserWarning about the protocol says nothing a user can act on.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, refused globals
         raise CheckpointError(f"{what} {path} {_refusal_reason(e)}") from None
+
+
+# torch.save's legacy (pre-zip) format opens with this number, pickled (torch.serialization's
+# MAGIC_NUMBER 0x1950a86a20f9469cfc6c as a 10-byte LONG1); zip-format files start with "PK".
+# A pickle without it is a plain pickle, which torch.load refuses as "corrupt".
+_TORCH_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def _refusal_reason(error: Exception) -> str:

@@ -67,3 +67,41 @@ def test_print_config_applies_flags(capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "resnets", "--version"], capture_output=True, text=True, check=True)
     assert __version__ in out.stdout
+
+
+def test_models_table_counts_cifar_nets_without_building_them_at_depth():
+    """The table's CIFAR rows follow from n = 1 and n = 2 blocks per stage; they equal the
+    counts of the network built at its depth (ResNet-56 and plain-110 here; ResNet-1202 is
+    the paper's 19.4M parameters, Sec. 4.2)."""
+    import torch
+
+    from resnets.cli import model_rows
+    from resnets.models import count_flops, count_params, create_model
+
+    rows = {r["name"]: r for r in model_rows()}
+    for name in ("cifar_resnet56", "cifar_plain110"):
+        with torch.device("meta"):
+            model = create_model(name)
+        assert rows[name]["params"] == count_params(model)
+        assert rows[name]["gflops"] == count_flops(model, 32) / 1e9
+    assert round(rows["cifar_resnet1202"]["params"] / 1e6, 1) == 19.4
+
+
+def test_a_plain_pickle_is_named_as_such_without_torch_warnings(tmp_path, capsys):
+    """Issue 26.2: pickle.dump output given as weights is described as a plain pickle, not as a
+    corrupt file, and torch's UserWarning about its pickle protocol is not shown."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps({"conv1.weight": [0.0] * 4}, protocol=4))
+    data = tmp_path / "data"
+    for argv in (["eval", "--checkpoint", str(path), "--data", str(data)],
+                 ["predict", str(data), "--checkpoint", str(path)],
+                 ["convert", str(path), "--out", str(tmp_path / "x.safetensors")]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{path} is a plain Python pickle (pickle.dump), not a PyTorch file" in err, (argv, err)
+        assert not caught and "Warning" not in err and "Traceback" not in err

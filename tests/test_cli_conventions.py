@@ -4,6 +4,9 @@ the stride placement is one flag pair."""
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +121,102 @@ def test_json_is_one_object_on_the_last_line(tmp_path, capsys, tiny_cifar):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == str(tmp_path / "c.safetensors")
     assert main(["plot", str(out), "--out", str(tmp_path / "fig.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"written": str(tmp_path / "fig.png")}
+
+
+def test_help_of_every_command_imports_no_torch():
+    """`resnets CMD --help` answers at once (issue 26.5): no command imports torch (1-2 s, more on a
+    busy machine) before it runs. Checked in a fresh interpreter, on every leaf command."""
+    script = ("import sys\nfrom resnets.cli import main\n"
+              "for argv in sys.argv[1:]:\n"
+              "    try:\n        main(argv.split() + ['--help'])\n    except SystemExit:\n        pass\n"
+              "heavy = sorted(m for m in ('torch', 'numpy', 'safetensors', 'PIL') if m in sys.modules)\n"
+              "print('IMPORTED', heavy)\n")
+    commands = [""] + [name.removeprefix("resnets").strip() for name in LEAVES]
+    out = subprocess.run([sys.executable, "-c", script, *commands], capture_output=True, text=True, check=True)
+    assert "usage: resnets detect predict" in out.stdout  # every help was printed, nested ones too
+    assert out.stdout.strip().splitlines()[-1] == "IMPORTED []"
+    version = subprocess.run([sys.executable, "-c", script.replace("['--help']", "['--version']"), ""],
+                             capture_output=True, text=True, check=True)
+    assert version.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
+def test_every_command_that_writes_calls_the_one_out_handling():
+    """Issue 26.2: an --out in a folder that does not exist is handled one way by every command
+    (`options.prepare_out`: created and named on stderr). Each command module that has an --out
+    goes through it, and nothing in resnets/cli creates folders on its own."""
+    import inspect
+
+    import resnets.cli as cli_package
+
+    modules = {}
+    for command, parser in LEAVES.items():
+        flags = {f for a in options(parser) for f in a.option_strings}
+        if "--out" in flags:
+            func = parser.get_default("func")
+            modules[command] = inspect.getsource(inspect.getmodule(func))
+    assert len(modules) >= 9, sorted(modules)
+    for command, source in modules.items():
+        assert "prepare_out(" in source, command
+    for path in Path(cli_package.__file__).parent.glob("*.py"):
+        assert path.name == "options.py" or ".mkdir(" not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "run directory"])
+def test_prepare_out_creates_and_names_missing_folders(tmp_path, capsys, kind):
+    from resnets.cli.options import prepare_out
+    from resnets.errors import ConfigError
+
+    out = tmp_path / "a" / "b" / "out"
+    assert prepare_out(out, kind) == out
+    assert out.parent.is_dir() and not out.exists()  # the command writes the output itself
+    assert f"created {tmp_path / 'a'}" in capsys.readouterr().err
+    prepare_out(out, kind)  # already there: nothing said
+    assert capsys.readouterr().err == ""
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=f"cannot hold .*: {tmp_path / 'f'} is a file; expected a {kind}"):
+        prepare_out(tmp_path / "f" / "x" / "y", kind)
+    with pytest.raises(ConfigError, match="is a folder; expected a file" if kind == "file" else "is a file; expected"):
+        prepare_out(tmp_path if kind == "file" else tmp_path / "f", kind)
+
+
+def test_a_missing_out_folder_is_created_and_named_by_convert_train_and_plot(tmp_path, capsys, tiny_cifar):
+    import torch
+
+    from resnets import create_model
+
+    state = {"module." + k.replace("fc.", "linear."): v for k, v in create_model("cifar_resnet8").state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "r8.th")  # as the common CIFAR repositories save it
+    assert main(["convert", str(tmp_path / "r8.th"), "--out", str(tmp_path / "new1" / "r8.safetensors")]) == 0
+    assert f"created {tmp_path / 'new1'}" in capsys.readouterr().err
+    run = tmp_path / "new2" / "run"
+    assert main(["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50",
+                 "--batch-size", "16", "--iters", "2", "--milestones", "1", "--device", "cpu", "--precision", "fp32",
+                 "--no-tensorboard", "--out", str(run)]) == 0
+    assert f"created {tmp_path / 'new2'}" in capsys.readouterr().err
+    assert main(["plot", str(run), "--out", str(tmp_path / "new3" / "fig.png")]) == 0
+    assert f"created {tmp_path / 'new3'}" in capsys.readouterr().err
+
+
+# Options that share a name but rightly differ: what --out is (a file, a folder, a run
+# directory) is its metavar; --format is the weights' format in convert and the data set's in
+# detect; convert's --normalization offers the kinds a converted file can carry.
+DIFFERING_ON_PURPOSE = {"--out", "--format", "--normalization"}
+
+
+def test_an_option_is_spelled_the_same_in_every_command():
+    """README: "Every command spells its options the same way". An option that several commands
+    take has one metavar, one type and one set of choices everywhere (e.g. --model NAME,
+    --weights TAG, --iters N, --data PATH, --device {auto,cpu,cuda})."""
+    spellings: dict[str, dict[str, tuple]] = {}
+    for command, parser in LEAVES.items():
+        for action in options(parser):
+            if action.help == argparse.SUPPRESS:
+                continue
+            for flag in action.option_strings:
+                kind = (action.metavar, tuple(action.choices or ()), getattr(action.type, "__name__", None))
+                spellings.setdefault(flag, {})[command] = kind
+    shared = {flag: by_command for flag, by_command in spellings.items() if len(by_command) > 1}
+    assert {"--model", "--weights", "--iters", "--data", "--device", "--json", "--checkpoint"} <= set(shared)
+    differ = {flag: by_command for flag, by_command in shared.items()
+              if flag not in DIFFERING_ON_PURPOSE and len(set(by_command.values())) > 1}
+    assert not differ, differ

@@ -144,3 +144,34 @@ def test_detection_synthetic_example_runs_as_written(tmp_path, monkeypatch, caps
                             "--set", "max_size=80", "--set", "rpn_batch_size_per_image=16",
                             "--set", "roi_batch_size_per_image=8"], capsys)
     assert Path("runs/smoke/checkpoints/last.pt").is_file()
+
+
+def test_readme_says_what_needs_a_download_the_cache_and_the_image_size(tmp_path):
+    """Issue 26.7: README's statements about downloads, the decode cache and CIFAR folders match
+    the code: the tags it says are fetched are exactly those with a URL, the cache size it quotes
+    is the decoded array of the 50k JPEG images, and a class folder of other-sized images is
+    refused as it says."""
+    from resnets.data.cifar import default_cache_dir, read_cifar10
+    from resnets.errors import DataError
+    from resnets.models.pretrained import PRETRAINED
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    downloaded = {e.tag for e in PRETRAINED.values() if e.url}
+    shipped = {e.tag for e in PRETRAINED.values() if not e.url}
+    offline = readme[readme.index("Offline, everything runs"):]
+    offline = offline[:offline.index("by hand.")]
+    assert shipped == {"cifar10-jpeg"} and "the shipped `cifar10-jpeg` networks" in offline
+    assert {"torchvision-imagenet1k-v1", "torchvision-imagenet1k-v2", "akamaster-cifar10"} == downloaded
+    assert "`torchvision-imagenet1k-v1`/`v2`" in offline and "`akamaster-cifar10`" in offline
+    assert "`$RESNETS_CACHE`" in readme and "`~/.cache/resnets`" in readme
+    assert default_cache_dir().name == "resnets"
+    assert f"{round(50_000 * 3 * 32 * 32 / 1e6)} MB for the 50k images" in readme  # uint8, 3x32x32 each
+    assert re.search(r"about \d+ minutes on 2 CPU cores", readme)
+
+    from PIL import Image
+
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 40)).save(tmp_path / "train" / "cat" / "big.png")
+    assert "32x32" in readme and "another size is refused, naming the file" in readme
+    with pytest.raises(DataError, match=r"big.png: image is 40x40, expected 32x32"):
+        read_cifar10(tmp_path, tmp_path / "cache")

@@ -6,10 +6,10 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 
 from ..errors import ConfigError
-from .options import add_checkpoints, add_json, report
+from ..io import atomic_write_text
+from .options import add_checkpoints, add_json, prepare_out, report
 
 # Training flags `reproduce` passes through to every run (same meaning and help as `resnets train`).
 PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmup", "--eval-every", "--log-every",
@@ -34,6 +34,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from ..analysis.reproduce import reproduce_cifar10
 
     overrides = overrides_from_args(args, PASSTHROUGH_FLAGS)
+    prepare_out(args.out, "folder")
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
     path = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
                              seeds=args.seeds, overrides=overrides, response_images=args.response_images,
@@ -74,6 +75,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from ..analysis.runs import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
+    prepare_out(args.out, "file")
     out = plot_training_curves(runs, args.out, args.title, ymax=args.ymax)
     report(args, {"written": str(out)}, f"wrote {out}")
     return 0
@@ -99,11 +101,10 @@ def run_responses(args: argparse.Namespace) -> int:
     from ..analysis.plots import plot_responses
     from ..analysis.responses import measure_checkpoints
 
-    out = Path(args.out)
     results = measure_checkpoints(args.checkpoint, args.data, args.images, args.val_size, args.split_seed,
                                   args.cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "responses.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
+    out = prepare_out(args.out, "folder")
+    atomic_write_text(out / "responses.json", json.dumps([r.to_dict() for r in results], indent=1))
     plot_responses(results, out / "responses.png", args.title)
     lines = [f"{r.label}: {len(r.stds)} layers, mean std {sum(r.stds) / len(r.stds):.4f}, "
              f"max {max(r.stds):.4f}, min {min(r.stds):.4f}" for r in results]

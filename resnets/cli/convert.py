@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from .options import add_json, report
+from .options import add_json, prepare_out, report
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.dst
     if out is None:
         raise ConfigError("--out is required: the resnets weights file to write")
+    prepare_out(out, "file")
     if args.format == "caffe" or (args.format == "auto" and args.src.endswith(".caffemodel")):
         from ..models.caffe import convert_caffe_weights
 

@@ -19,7 +19,7 @@ from resnets.detection.config import DetectionConfig, load_yaml_options
 from resnets.errors import ConfigError, DataError
 from resnets.io import atomic_write_text
 
-from .options import DEVICE_METAVAR, add_deprecated_alias, add_device, add_json, add_out, device_option, report, require
+from .options import DEVICE_METAVAR, add_deprecated_alias, add_device, add_json, add_out, device_option, prepare_out, report, require
 
 __all__ = ["add_parser", "run", "build_dataset"]
 
@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.detect_command
     if cmd == "train":
         out = require(args, "out", "--out")
+        if not args.resume:
+            prepare_out(out, "run directory")
         values: dict[str, Any] = {}
         if args.resume:  # the run's own config and data come first
             values, saved_data = engine.saved_config(out)
@@ -183,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = build_dataset(args.format, args.data, args.split, args.annotations, args.synthetic_images,
                                 args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names)
         metrics = engine.evaluate(model, dataset, metric=args.metric, use_07_metric=args.voc07 or None)
-        out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
+        out = prepare_out(args.out, "file") if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
         atomic_write_text(out, json.dumps(metrics, indent=1))
         summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         report(args, metrics, f"{summary} (written to {out})")
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         for path in args.images:
             if not Path(path).is_file():
                 raise DataError(f"image {path} does not exist")
-        out = require(args, "out", "--out")
+        out = prepare_out(require(args, "out", "--out"), "folder")
         records = engine.predict(model, args.images, out, args.score_threshold, draw=not args.no_draw)
         report(args, {"detections": records, "written": str(Path(out) / "detections.json")},
                "\n".join(f"{r['image']}: {len(r['boxes'])} detections" for r in records))

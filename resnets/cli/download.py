@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.download import OFFICIAL_MD5, OFFICIAL_URL, download_cifar10
-from .options import add_json, add_out, report, require
+from .options import add_json, add_out, prepare_out, report, require
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +22,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    folder = download_cifar10(require(args, "out", "--out"), url=args.url, md5=args.md5)
+    folder = download_cifar10(prepare_out(require(args, "out", "--out"), "folder"), url=args.url, md5=args.md5)
     report(args, {"data": str(folder)}, str(folder))
     return 0

@@ -11,13 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError
-from ..eval.datasets import evaluate_cifar, evaluate_imagenet
-from ..eval.predict import network_from_args
-from ..runtime import Runtime
-from .options import add_checkpoints, add_device, add_json, report
+from .options import add_checkpoints, add_device, add_json, add_model_weights, report
 
 
 def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
@@ -27,16 +22,23 @@ def _defaults_from_run(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # here, not at the top: `resnets eval --help` must not import torch
+
+    from ..eval.datasets import evaluate_cifar, evaluate_imagenet
+    from ..eval.predict import network_from_args
     from ..models import model_spec
     from ..models.loading import model_from_file
-    from ..runtime import resolve_device, resolve_precision
+    from ..runtime import Runtime, resolve_device, resolve_precision
 
     loaded = [model_from_file(p) for p in args.checkpoint or []]
     if args.weights is not None or not loaded:
         net, config = network_from_args(args.model, args.weights, None)
         loaded.append((net, {"model": config, "run": None}))
     device = resolve_device(args.device)
-    runtime = Runtime(device, resolve_precision(args.precision, device))
+    # Training's precision by default, as its config names it ("auto" re-resolves on this
+    # machine), so that eval repeats the validation error training printed (issue 26.4).
+    precision = args.precision or (loaded[0][1].get("run") or {}).get("precision") or "auto"
+    runtime = Runtime(device, resolve_precision(precision, device))
     models = [m.to(memory_format=torch.channels_last) for m, _ in loaded]  # evaluate() feeds NHWC batches
     defaults = _defaults_from_run(loaded[0][1])
     family = model_spec(loaded[0][1]["model"]["name"]).family  # weights from elsewhere record no data set
@@ -55,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     result["checkpoints"] = list(args.checkpoint or [])
     if args.weights is not None:
         result["weights"] = f"{args.model}:{args.weights}"
-    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s)): "
+    result["precision"] = runtime.precision
+    report(args, result, f"{dataset} {result['split']} ({result['n']} images, {len(models)} model(s), "
+                         f"{runtime.precision}): "
                          f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%")
     return 0
 
@@ -65,9 +69,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoints(p, "a training checkpoint (.pt) or a model.safetensors; repeat --checkpoint for an ensemble "
                        "(softmax scores averaged, Table 5)", required=False)
-    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model, instead of --checkpoint "
-                                                    "(see `resnets predict -h`)")
-    p.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to evaluate")
+    add_model_weights(p)
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")
     p.add_argument("--split", default="val", help="val (the held-out 5k for CIFAR-10), test, or train "
@@ -85,7 +87,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="ImageNet: count and skip unreadable images instead of stopping")
     add_device(p)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
-                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it; default: %(default)s)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="fp32, bf16 autocast, or auto (bf16 where the hardware is fast at it); default: the one the "
+                        "network was trained with (its config's; auto for weights from elsewhere), so that eval "
+                        "repeats the validation error training printed")
     add_json(p)
     p.set_defaults(func=run)

@@ -16,12 +16,12 @@ import argparse
 import sys
 
 from ..errors import ConfigError, DataError
-from ..eval.predict import eval_view, find_images, network_from_args, predict
 from .options import add_checkpoints, add_device, add_json, report
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.imagenet import load_rgb
+    from ..eval.predict import eval_view, find_images, network_from_args, predict  # torch: not for --help
     from ..data.transforms import ResizeCenterCrop
     from ..runtime import resolve_device
 

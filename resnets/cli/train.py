@@ -15,13 +15,13 @@ from typing import Iterable
 
 from ..config import DataConfig, ModelConfig, OptimConfig, TrainConfig, field_docs, load_yaml, resolve_config
 from ..errors import CheckpointError
-from .options import DEVICE_METAVAR, add_json, device_option, report
+from .options import DEVICE_METAVAR, add_json, device_option, prepare_out, report
 
 # flag -> (config key, argparse extras). One table: no flag exists without a config field.
 # A flag that sets a field to one value carries its own help (the field's documentation
 # describes the field, not what "--no-..." does to it); flags sharing a key exclude each other.
 FLAGS: dict[str, tuple[str, dict]] = {
-    "--model": ("model.name", {}),
+    "--model": ("model.name", {"metavar": "NAME"}),
     "--num-classes": ("model.num_classes", {"type": int}),
     "--shortcut": ("model.shortcut", {"choices": ["A", "B", "C"]}),
     "--stride-in-1x1": ("model.stride_in_1x1", {"action": "store_const", "const": True, "help":
@@ -45,7 +45,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--workers": ("data.workers", {"type": int}),
     "--skip-bad-images": ("data.skip_bad_images", {"action": "store_const", "const": True, "help":
                           "ImageNet: log, count and skip unreadable images instead of stopping"}),
-    "--iters": ("optim.iters", {"type": int}),
+    "--iters": ("optim.iters", {"type": int, "metavar": "N"}),
     "--batch-size": ("optim.batch_size", {"type": int}),
     "--lr": ("optim.lr", {"type": float}),
     "--weight-decay": ("optim.weight_decay", {"type": float}),
@@ -131,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
+    if not args.resume:  # a resumed run's folder exists, or config_from_args said it does not
+        prepare_out(config.out, "run directory")
     summary = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, one process reports

@@ -46,6 +46,7 @@ from resnets.data.decode import to_rgb
 from resnets.data.download import ARCHIVE_NAME, BATCHES_DIR
 from resnets.data.gpu_augment import as_pad_dtype, crop_flip
 from resnets.data.safe_pickle import load_pickle, load_pickle_file
+from resnets.data.scan import entry_kind
 from resnets.errors import ConfigError, DataError
 from resnets.io import atomic_write
 
@@ -332,11 +333,11 @@ def _list_class_folders(split_dir: Path) -> dict[str, list[tuple[str, None]]]:
     """{class: [(file path, None), ...]} for the non-hidden class folders of `split_dir`."""
     out: dict[str, list[tuple[str, None]]] = {}
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith(".") or entry_kind(entry) != "dir":
             continue
         files = sorted(
             f.path for f in os.scandir(entry.path)
-            if not f.name.startswith(".") and f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
+            if not f.name.startswith(".") and f.name.lower().endswith(IMAGE_EXTENSIONS) and entry_kind(f) == "file"
         )
         out[entry.name] = [(f, None) for f in files]
     return out

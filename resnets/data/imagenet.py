@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from resnets.data.decode import to_rgb
+from resnets.data.scan import entry_kind
 from resnets.data.transforms import eval_transform, to_uint8_chw
 from resnets.errors import DataError
 from resnets.io import atomic_write_text
@@ -87,22 +88,26 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _scan_class_dir(path: str, rel: str, extensions: frozenset[str], dirs: dict[str, int]) -> list[str]:
-    """Image files under `path` (recursively), as paths relative to the class dir, sorted."""
+def _scan_class_dir(path: str, rel: str, extensions: frozenset[str], dirs: dict[str, int],
+                    above: frozenset[str] = frozenset()) -> list[str]:
+    """Image files under `path` (recursively), as paths relative to the class dir, sorted.
+    `above`: the real paths of the folders above; a link back to one of them is not followed."""
     dirs[rel] = os.stat(path).st_mtime_ns
+    above = above | {os.path.realpath(path)}
     files: list[str] = []
     subdirs: list[tuple[str, str]] = []
     with os.scandir(path) as it:
         for entry in it:
             if _is_hidden(entry.name):
                 continue
-            if entry.is_dir():
+            kind = entry_kind(entry)
+            if kind == "dir" and os.path.realpath(entry.path) not in above:
                 subdirs.append((entry.path, entry.name))
-            elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
+            elif kind == "file" and os.path.splitext(entry.name)[1].lower() in extensions:
                 files.append(entry.name)
     for sub_path, sub_name in subdirs:
         sub_rel = f"{rel}/{sub_name}"
-        files.extend(f"{sub_name}/{f}" for f in _scan_class_dir(sub_path, sub_rel, extensions, dirs))
+        files.extend(f"{sub_name}/{f}" for f in _scan_class_dir(sub_path, sub_rel, extensions, dirs, above))
     return sorted(files)
 
 
@@ -127,7 +132,7 @@ def scan_image_folder(
         for entry in it:
             if _is_hidden(entry.name):
                 continue
-            if entry.is_dir():
+            if entry_kind(entry) == "dir":
                 class_dirs.append((entry.name, entry.path))
             elif os.path.splitext(entry.name)[1].lower() in exts:
                 loose_images += 1

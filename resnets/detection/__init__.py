@@ -8,14 +8,29 @@
 - CLI (cli.py): ``add_parser(subparsers)`` / ``run(args)`` for ``resnets detect``.
 """
 
-from resnets.detection.config import DetectionConfig, load_config
-from resnets.detection.data import COCODetection, SyntheticShapes, VOCDetection, collate
-from resnets.detection.engine import evaluate, load_detector, predict, train
-from resnets.detection.evaluation import evaluate_coco, evaluate_voc, voc_ap
-from resnets.detection.model import FasterRCNN, build_detector
+_FROM = {
+    "config": ("DetectionConfig", "load_config"),
+    "data": ("COCODetection", "SyntheticShapes", "VOCDetection", "collate"),
+    "engine": ("evaluate", "load_detector", "predict", "train"),
+    "evaluation": ("evaluate_coco", "evaluate_voc", "voc_ap"),
+    "model": ("FasterRCNN", "build_detector"),
+}
 
 __all__ = [
     "COCODetection", "DetectionConfig", "FasterRCNN", "SyntheticShapes", "VOCDetection", "build_detector",
     "collate", "evaluate", "evaluate_coco", "evaluate_voc", "load_config", "load_detector", "predict", "train",
     "voc_ap",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use (PEP 562): `resnets detect --help` reads only `config`, and must not
+    # import torch through the model and engine.
+    if name not in __all__:  # before importing: `from . import x` asks this module for x first
+        raise AttributeError(f"module 'resnets.detection' has no attribute {name!r}")
+    from resnets.detection import config, data, engine, evaluation, model
+
+    modules = {"config": config, "data": data, "engine": engine, "evaluation": evaluation, "model": model}
+    for module, names in _FROM.items():
+        if name in names:
+            return getattr(modules[module], name)

@@ -35,6 +35,7 @@ from resnets.data.imagenet import SkipEmpty
 from resnets.data.transforms import ResizeCenterCrop, ResizeShorter, to_uint8_chw
 from resnets.errors import ConfigError
 from resnets.eval.evaluate import CPU, Predict, class_log_probs, evaluate, mean_of_probs
+from resnets.eval.progress import with_progress
 from resnets.runtime import Runtime
 
 __all__ = [
@@ -226,7 +227,8 @@ def evaluate_protocol(
     ``10crop`` uint8 (10, 3, 224, 224), ``multiscale`` the whole uint8 (3, H, W) image.
     ``center`` and ``10crop`` run batched; ``multiscale`` one image at a time (every image
     has its own size). Under torch.distributed give each rank a non-overlapping, *unpadded*
-    `sampler` (e.g. ``range(rank, len(dataset), world_size)``).
+    `sampler` (e.g. ``range(rank, len(dataset), world_size)``). Progress goes to stderr
+    (`resnets.eval.progress`).
     """
     predict = protocol_predict(protocol, scales, flip)
     loader = torch.utils.data.DataLoader(
@@ -237,4 +239,7 @@ def evaluate_protocol(
         collate_fn=_stack,
         pin_memory=runtime.device.type == "cuda",
     )
-    return evaluate(models, SkipEmpty(loader), runtime, predict)
+    total = len(sampler) if sampler is not None else len(dataset)
+    views = {"center": "center crop", "10crop": "10-crop", "multiscale": f"{len(scales)}-scale"}[protocol]
+    batches = with_progress(SkipEmpty(loader), total, f"{views} evaluation")
+    return evaluate(models, batches, runtime, predict)

@@ -130,6 +130,7 @@ def create_model(
     zero_init_residual: bool = False,
     input_norm: nn.Module | None = None,
     weights: str | os.PathLike | None = None,
+    normalize_input: bool = True,
 ) -> ResNet:
     """Build a network of the paper by name, optionally with trained weights.
 
@@ -144,6 +145,12 @@ def create_model(
         `model.safetensors` or training checkpoint written by resnets, or a checkpoint from
         elsewhere in torchvision's or akamaster's layout (see `resnets.models.convert`).
         The network then also gets the input normalisation the weights were trained with.
+    normalize_input: False builds the network without its input normalisation, for callers
+        who normalise their tensors themselves (e.g. with torchvision's transforms). It then
+        takes what it is given, unchecked; the normalisation the weights expect is
+        `resnets.models.weights.read_weights_normalization(path)` (a `Normalize` module: apply
+        it to images in [0, 1]). With True (the default) the network takes uint8 images or
+        floats in [0, 1], and in evaluation refuses floats outside (`normalize.check_unit_range`).
     """
     spec = model_spec(name)
     if not spec.residual and shortcut is not None:
@@ -155,7 +162,12 @@ def create_model(
             raise ValueError("weights= brings the input normalisation stored with them; do not pass input_norm too")
         model, _ = load_network(weights, name, num_classes=num_classes, shortcut=shortcut,
                                 stride_in_1x1=stride_in_1x1)
+        if not normalize_input:
+            model.input_norm = None
         return model.train()
+    if not normalize_input and input_norm is not None:
+        raise ValueError("normalize_input=False builds the network without input normalisation; "
+                         "do not pass input_norm too")
     return spec.build(
         num_classes=num_classes or spec.default_num_classes,
         **({"shortcut": shortcut or spec.default_shortcut} if spec.residual else {}),

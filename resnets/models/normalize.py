@@ -21,11 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
-
-# torchvision's ImageNet statistics, for weights trained with them.
-IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_CHANNEL_STD = (0.229, 0.224, 0.225)
+from ..errors import CheckpointError, DataError
+from .pretrained import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
 
 NormalizationKind = Literal["per_pixel_mean", "channel_mean_std", "none"]
 PREFIX = "input_norm."  # outside torchvision's key space
@@ -58,14 +55,50 @@ class Normalize(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
+        elif self._should_check(x):
+            check_unit_range(x)
         mean = self.mean
         if mean.shape[1:] != (1, 1) and mean.shape[1:] != x.shape[-2:]:
             # Fully-convolutional testing at other scales (Sec. 3.4): resize the mean image.
             mean = F.interpolate(mean[None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0]
         return (x - mean) / self.std
 
+    def _should_check(self, x: Tensor) -> bool:
+        """Whether to check that float input is in [0, 1] (`check_unit_range`), at a cost that
+        never shows. Floats in 0-255 or torchvision-normalised tensors would otherwise give
+        silently wrong answers (10% and 30% accuracy on CIFAR-10, issue 26.3).
+
+        Checked: evaluation-mode calls (inference, where such input comes from a user), every
+        call on the CPU (a min/max over the input, about 1% of a CIFAR ResNet-20 forward) and
+        the first call on a GPU (reading the result back would otherwise stall every batch).
+        Not checked: training (resnets' own pipelines feed it, and a host sync per step
+        would cost throughput), tracing/export/compile (no data-dependent branches there),
+        meta tensors (no values)."""
+        if self.training or not x.is_floating_point() or x.device.type == "meta" or torch.compiler.is_compiling():
+            return False
+        if x.device.type == "cpu":
+            return True
+        first = not getattr(self, "_checked_on_gpu", False)
+        self._checked_on_gpu = True
+        return first
+
     def extra_repr(self) -> str:
         return f"kind={self.kind}, mean_shape={tuple(self.mean.shape)}"
+
+
+def check_unit_range(x: Tensor) -> None:
+    """DataError unless float images `x` are in [0, 1], saying what the network expects and how
+    to give it tensors normalised already. A margin (-0.5..1.5) lets resampling overshoot pass;
+    0-255 floats (max far above 1.5) and mean/std-normalised tensors (min about -2) do not."""
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if low >= -0.5 and high <= 1.5:
+        return
+    guess = ("they look like 0-255 pixel values: pass uint8 tensors, or divide by 255" if high > 1.5 and low >= -0.5
+             else "they look normalised already (e.g. with ImageNet's mean and std)")
+    raise DataError(f"input: the network normalises its input itself and takes uint8 images (0..255) or float "
+                    f"images in [0, 1]; got float values in [{low:.3g}, {high:.3g}]: {guess}. To feed tensors you "
+                    f"normalise yourself, build the network without its normalisation: "
+                    f"create_model(..., normalize_input=False)")
 
 
 def normalization_state(norm: Normalize | None) -> dict[str, Tensor]:

@@ -67,19 +67,26 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, opset: int 
                                         dynamic_shapes=({0: batch},), external_data=False, verbose=False)
     finally:
         registration_log.setLevel(level)
+    # torch records each node's Python stack trace, with the absolute paths of this machine's
+    # source files; a shared model carries none (issue 28).
+    for graph in (program.model.graph, *program.model.functions.values()):
+        for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
+            node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     atomic_write(path, program.save)  # a crash never leaves a half-written model behind
     return Path(path)
 
 
 def check_onnx(path: str | Path, model: nn.Module, images: torch.Tensor) -> OnnxCheck:
-    """Run `images` (float in [0, 1], NCHW) through onnxruntime and through `model`."""
+    """Run `images` (float in [0, 1], NCHW) through onnxruntime and through `model`, on the
+    device `model` is on (`resnets export --device`)."""
     _require("onnxruntime")
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    model = copy.deepcopy(model).float().cpu().eval()
+    model = copy.deepcopy(model).float().eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        expected = model(images.float()).numpy()
+        expected = model(images.float().to(device)).cpu().numpy()
     got = session.run([OUTPUT_NAME], {INPUT_NAME: images.float().numpy()})[0]
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
     return OnnxCheck(images=len(images), max_abs_diff=float(abs(got - expected).max()), top1_agreement=agree)

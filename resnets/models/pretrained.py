@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import CheckpointError, ConfigError
-from .normalize import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
+
+# torchvision's ImageNet statistics, for weights trained with them (`Normalize.channel`). Kept
+# here, in the registry that needs no torch, so that `resnets predict --help` lists the tags
+# without importing torch.
+IMAGENET_CHANNEL_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_CHANNEL_STD = (0.229, 0.224, 0.225)
 
 # The CIFAR-10 label order (the official batches' label_names; also sorted class folders).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

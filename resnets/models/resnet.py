@@ -234,6 +234,10 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
+        if self.fc.weight.is_meta:
+            # A network on the meta device (shapes only, e.g. `resnets models`) has no values to
+            # initialise, and torch's meta normal_ imports torch._dynamo on first use (2-4 s).
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 # He et al. 2015b ("Delving deep into rectifiers"), cited in Sec. 3.4.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,13 +33,33 @@ from .resnet import Bottleneck, ResNet
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+# An absolute path inside a text: POSIX (/a/b), home (~/a) or Windows (X:\\a\\b), not a URL's
+# "//host/..." nor a relative "a/b"; group 1 is its last component.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\\[\]()'\",;]+[/\\])*([^\s/\\\[\]()'\",;]*)")
+
+
+def without_machine_paths(value: Any) -> Any:
+    """`value` (a JSON-like metadata tree) with every absolute path in its strings cut to the
+    path's last component: a weights file leaves the machine that wrote it, and must not carry
+    its directory layout, home or working directory (issue 28). The data set stays identified
+    by content (`data_sha256`, `data_fingerprint`) and by its file name."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(1), value)
+    if isinstance(value, Mapping):
+        return {k: without_machine_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_machine_paths(v) for v in value]
+    return value
+
+
 def save_weights(path: str | os.PathLike, model: nn.Module, model_config: Mapping[str, Any],
                  metadata: Mapping[str, Any] | None = None) -> None:
-    """Write the network, its normalisation and its config as one safetensors file."""
+    """Write the network, its normalisation and its config as one safetensors file; no absolute
+    path of this machine goes into it (`without_machine_paths`)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors.update(normalization_state(getattr(model, "input_norm", None)))
-    header = {"format": "resnets", "model": json.dumps(dict(model_config)),
-              "metadata": json.dumps(dict(metadata or {}))}
+    header = {"format": "resnets", "model": json.dumps(without_machine_paths(dict(model_config))),
+              "metadata": json.dumps(without_machine_paths(dict(metadata or {})))}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 

@@ -379,7 +379,12 @@ def _save_final_weights(state: TrainState, data: RunData, summary: dict[str, Any
     # Provenance travels with the weights: the config, the data (the file's sha256, and the
     # decoded content's fingerprint the run checked on every resume) and the code.
     config = state.config
-    provenance = {"config": to_dict(config), "data_sha256": file_sha256(config.data.path) if config.data.path else None,
+    # The run directory keeps the paths (config.yaml, checkpoints: --resume needs them); the
+    # weights leave it, and name the data by file name and content only, the run by its name.
+    portable = to_dict(config)
+    portable["data"].update(path=Path(config.data.path).name if config.data.path else None, cache_dir=None)
+    portable["out"] = Path(config.out).name
+    provenance = {"config": portable, "data_sha256": file_sha256(config.data.path) if config.data.path else None,
                   "data_fingerprint": data.fingerprint, "code": code_version()}
     save_weights(Path(config.out) / "model.safetensors", state.model,
                  weights_config(config.model, data.num_classes, data.classes),

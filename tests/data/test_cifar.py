@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import pickle
 import shutil
@@ -107,6 +109,22 @@ def test_jpeg_folders_and_hidden_entries(cifar_files, fake_cifar, tmp_path: Path
     with pytest.raises(DataError, match="no test split") as e:
         load_cifar10(root, "test", cache_dir=tmp_path / "cache")
     assert str(root) in str(e.value)
+
+
+def test_symlink_loops_in_class_folders_are_skipped_as_predict_skips_them(cifar_files, fake_cifar, tmp_path: Path,
+                                                                          capsys) -> None:
+    # Issue 26: `train/cat/loop -> loop` made `resnets eval` end in an OSError (ELOOP) traceback.
+    root = cifar_files.write_class_folders(fake_cifar, tmp_path / "jpeg", with_test=False, ext="png")
+    os.symlink("loop", root / "train" / "cat" / "loop")
+    os.symlink("loop.png", root / "train" / "cat" / "loop.png")
+    os.symlink("self", root / "train" / "self")  # a class folder that is a loop
+    data = load_cifar10(root, "trainval", cache_dir=tmp_path / "cache")
+    assert data.classes == cifar_files.CLASSES and data.images.shape == (60, 3, 32, 32)
+    from resnets.cli import main
+
+    code = main(["eval", "--model", "cifar_resnet20", "--weights", "cifar10-jpeg", "--data", str(root),
+                 "--val-size", "10", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 10
 
 
 # --------------------------------------------------------------------------------------------

@@ -249,3 +249,16 @@ def test_non_ascii_file_names(tmp_path: Path) -> None:
     ds = ImageFolder(root, cache_dir=tmp_path / "idx")
     assert ds.path(0).endswith("café/naïve.png") and ds[0][0].shape == (3, 20, 24)
     assert ImageFolder(root, cache_dir=tmp_path / "idx").index_from_cache
+
+
+def test_symlink_loops_are_not_followed(tmp_path: Path) -> None:
+    # Issue 26: a link to itself, to a folder above, or a class folder that is a loop.
+    for cls in ("a", "b"):
+        (tmp_path / cls / "sub").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / cls / "sub" / "x.png")
+    os.symlink("loop", tmp_path / "a" / "loop")
+    os.symlink("loop.png", tmp_path / "a" / "loop.png")
+    os.symlink("..", tmp_path / "b" / "sub" / "up")
+    os.symlink("self", tmp_path / "self")
+    classes, files, _ = imagenet.scan_image_folder(tmp_path)
+    assert classes == ["a", "b"] and files == [["sub/x.png"], ["sub/x.png"]]

@@ -45,3 +45,24 @@ def test_batch_size_and_workers_are_used(tiny_cifar, weights, tmp_path, monkeypa
     assert result["n"] == 50 and result["dataset"] == "cifar10"
     assert batch_sizes == [7] * 7 + [1]
     assert decode_workers == [2]
+
+
+def test_eval_repeats_training_s_validation_error_at_training_s_precision(tiny_cifar, tmp_path, capsys, monkeypatch):
+    """Issue 26.4: `resnets eval` of a run uses the precision the run trained (and validated) with,
+    unless --precision says otherwise, so its error is the one training printed; it says which."""
+    import resnets.runtime as runtime
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50",
+                 "--batch-size", "16", "--iters", "2", "--milestones", "1", "--device", "cpu", "--precision", "fp32",
+                 "--no-tensorboard", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    argv = ["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(tiny_cifar),
+            "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--json"]
+    monkeypatch.setattr(runtime, "fast_bf16_available", lambda device: True)  # "auto" would be bf16 here
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["precision"] == "fp32" and result["n"] == 50
+    assert result["top1_err"] == pytest.approx(trained["val_error"])
+    assert main(argv + ["--precision", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["precision"] == "bf16"

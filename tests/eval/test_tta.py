@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,38 @@ def test_evaluate_rejects_mismatched_protocol(tmp_path: Path) -> None:
         evaluate_protocol(ColourNet(), ds, "10crop", batch_size=4)
     with pytest.raises(ConfigError, match="unknown test protocol"):
         evaluate_protocol(ColourNet(), ds, "5crop", batch_size=4)  # type: ignore[arg-type]
+
+
+class _Stderr(io.StringIO):
+    def __init__(self, terminal: bool) -> None:
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+@pytest.mark.parametrize("protocol", ["10crop", "multiscale"])
+def test_long_protocols_show_progress(tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26.6: on a terminal a bar with images; in a log, periodic lines (every LINE_EVERY s,
+    0 here) with the count, the rate and the time left."""
+    from resnets.eval import progress
+
+    ds = ImageFolder(_colour_tree(tmp_path / "val"), protocol_transform(protocol, resize=20, crop=16, scales=(16, 24)),
+                     cache=False)
+    monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
+    for terminal in (False, True):
+        stream = _Stderr(terminal)
+        monkeypatch.setattr(sys, "stderr", stream)
+        result = evaluate_protocol(ColourNet(), ds, protocol, batch_size=4, scales=(16, 24))
+        monkeypatch.undo()
+        monkeypatch.setattr(progress, "LINE_EVERY", 0.0)
+        out = stream.getvalue()
+        assert result["n"] == 11
+        views = "10-crop" if protocol == "10crop" else "2-scale"
+        if terminal:
+            assert f"{views} evaluation" in out and "/11 [" in out and "img/s" in out
+        else:
+            lines = out.strip().splitlines()
+            assert lines and all(line.startswith(f"{views} evaluation: ") for line in lines)
+            assert "/11 images (" in lines[0] and "images/s, about" in lines[0]

@@ -372,3 +372,41 @@ def test_shortcut_argument_validation():
     with pytest.raises(ValueError, match="'A', 'B' or 'C'"):
         create_model("resnet18", shortcut="D")
     assert create_model("cifar_resnet8").layer1[0].conv1.in_channels == 16  # any 6n+2 depth builds
+
+
+def test_float_input_outside_unit_range_is_refused_with_what_to_do():
+    """Issue 26.3: the networks normalise inside; 0-255 floats and torchvision-normalised tensors
+    gave 10% and 30% CIFAR-10 accuracy without a word. In evaluation they are refused."""
+    from resnets import DataError
+    from resnets.models import Normalize
+
+    model = create_model("cifar_resnet8", input_norm=Normalize(torch.full((3,), 0.5), 0.25)).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = model(images)
+    assert torch.allclose(model(images.float() / 255), expected, atol=1e-5)  # [0, 1] floats: the same
+    with pytest.raises(DataError, match=r"0-255 pixel values.*normalize_input=False"):
+        model(images.float())
+    with pytest.raises(DataError, match=r"normalised already.*normalize_input=False"):
+        model((images.float() / 255 - 0.485) / 0.229)
+    # The switch: the network without its normalisation takes what it is given.
+    bare = create_model("cifar_resnet8", weights=None, normalize_input=False).eval()
+    assert bare.input_norm is None and bare(torch.randn(1, 3, 32, 32) * 3).shape == (1, 10)
+    bare.load_state_dict(model.state_dict())
+    normalised = (images.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(bare(normalised), expected, atol=1e-5)
+    model.train()(images.float())  # training: resnets' own pipelines feed it, nothing checked
+
+
+def test_the_range_check_costs_no_gpu_sync_per_batch():
+    """On a GPU the check reads back only the first evaluation batch (a host sync per batch
+    would stall the device); training and meta tensors are never checked."""
+    from types import SimpleNamespace
+
+    from resnets.models import Normalize
+
+    norm = Normalize(torch.zeros(3)).eval()
+    gpu_batch = SimpleNamespace(is_floating_point=lambda: True, device=torch.device("cuda", 0))
+    assert [norm._should_check(gpu_batch) for _ in range(3)] == [True, False, False]
+    assert norm._should_check(torch.rand(1, 3, 4, 4)) and norm._should_check(torch.rand(1, 3, 4, 4))
+    assert not norm._should_check(torch.rand(1, 3, 4, 4, device="meta"))
+    assert not norm.train()._should_check(torch.rand(1, 3, 4, 4))

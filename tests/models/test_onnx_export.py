@@ -1,10 +1,12 @@
 """ONNX export: the file runs in onnxruntime and gives PyTorch's logits, normalisation included."""
 
 import json
+from pathlib import Path
 
 import onnx
 import torch
 
+import resnets
 from resnets.cli import main
 from resnets.models import Normalize, create_model, save_weights
 from resnets.models.onnx_export import INPUT_NAME, OUTPUT_NAME, check_onnx, export_onnx
@@ -88,3 +90,23 @@ def test_export_cli_from_a_training_checkpoint(tiny_cifar, tmp_path, capsys):
     assert model.input_norm is not None and model.input_norm.kind == "per_pixel_mean"
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert check_onnx(out, model, images).max_abs_diff < 1e-4
+
+
+def test_export_cli_takes_model_weights_tag_and_device(tmp_path, capsys):
+    # Issue 26.2: export reads weights as eval and predict do (--model NAME --weights TAG), and
+    # says where PyTorch runs; a missing --out folder is created and named, as by every command.
+    out = tmp_path / "new" / "r20.onnx"
+    assert main(["export", "--model", "cifar_resnet20", "--weights", "cifar10-jpeg", "--device", "cpu",
+                 "--out", str(out), "--check-images", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["model"] == "cifar_resnet20" and result["top1_agreement"] == 1.0 and out.is_file()
+    assert f"created {tmp_path / 'new'}" in captured.err
+    raw = out.read_bytes()  # issue 28: no path of this machine (torch's stack traces carried them)
+    assert str(Path(resnets.__file__).parent).encode() not in raw and b'File "/' not in raw
+    code = main(["export", "--model", "cifar_resnet20", "--weights", "cifar10-jpeg", "--device", "cuda",
+                 "--out", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no CUDA device" in err and "Traceback" not in err
+    assert main(["export", "--weights", "cifar10-jpeg", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "--weights TAG needs --model NAME" in capsys.readouterr().err

@@ -4,8 +4,11 @@ Each file was copied from a finished run of the paper's full CIFAR-10 schedule
 (`cifar-paper`, 64k iterations, seed 0) on ../shared/data/cifar10-jpeg-train.tar.gz. Its
 metadata records the config, the data file's sha256, the code commit and the final errors;
 loaded from the installed package, each must score its recorded validation error again on
-the 5k images the run held out (within 0.3 points: the run measured it under bf16 autocast,
-this test in fp32).
+the 5k images the run held out, with `resnets eval`'s defaults. The run measured it under bf16
+autocast (`precision` in the metadata) and eval's default precision is training's ("auto"):
+where that is bf16 too the error is the recorded one (within 0.05 points: batch order and
+kernels may differ); where the machine runs fp32 it is within 0.3 points (measured: ResNet-20
+12.32% fp32 against 12.38% bf16, ResNet-56 11.08% against 11.24%).
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ def test_shipped_network_reproduces_its_recorded_validation_error(path, cifar10_
     assert model_state.keys() <= file_state.keys()
     assert all(torch.equal(model_state[k], file_state[k]) for k in model_state)
     assert main(["eval", "--weights", "cifar10-jpeg", "--model", path.stem, "--data", str(cifar10_jpeg),
-                 "--device", "cpu", "--precision", "fp32", "--json"]) == 0
+                 "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     data = meta["config"]["data"]
     assert (result["split"], result["n"]) == ("val", data["val_size"]) and data["val_size"] == 5000
-    assert abs(result["top1_err"] - meta["val_error"]) <= 0.3, (result, meta["val_error"])
+    tolerance = 0.05 if result["precision"] == meta["precision"] == "bf16" else 0.3
+    assert abs(result["top1_err"] - meta["val_error"]) <= tolerance, (result, meta["val_error"])
