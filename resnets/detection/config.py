@@ -121,6 +121,10 @@ class DetectionConfig:
     """Linear warm-up from lr/10 over this many iterations (0: none)."""
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Convolutions (trunk, RPN, res5) in bf16 autocast with channels-last tensors ("auto": on CPUs
+    with AVX512-BF16/AMX and bf16-capable GPUs, as classification training); losses, RoI
+    sampling and boxes stay fp32."""
     seed: int = 0
     num_workers: int = 0
     """DataLoader worker processes."""
@@ -169,6 +173,7 @@ class DetectionConfig:
             need(0.0 <= v <= 1.0, f"{name} must lie in [0, 1], got {v}")
         need(self.rpn_bg_iou <= self.rpn_fg_iou, "rpn_bg_iou must be <= rpn_fg_iou")
         need(0.0 <= self.roi_bg_iou_low <= self.roi_fg_iou, "need 0 <= roi_bg_iou_low <= roi_fg_iou")
+        need(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         need(self.roi_op in ("align", "pool"), f"roi_op must be 'align' or 'pool', got {self.roi_op!r}")
         need(self.pooled_size >= 1, "pooled_size must be >= 1")
         need(self.batch_size >= 1 and self.iterations >= 0, "batch_size must be >= 1 and iterations >= 0")
