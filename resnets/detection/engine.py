@@ -18,6 +18,7 @@ metrics.jsonl reads as the uninterrupted run's would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from resnets.models.normalize import normalization_state
 from resnets.run_dir import RunLock, append_history, config_changes, describe_changes, prepare_run_dir
 from resnets.runtime import resolve_device
 from resnets.train.metrics_log import MetricsLog, append_metrics
+from resnets.train.progress import ProgressBar
 from resnets.train.schedule import step_lr
 
 __all__ = [
@@ -245,10 +247,15 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
     metrics = MetricsLog(run, True, start if state is not None else None, tensorboard=False,
                          echo=say if log is not None else (lambda _: None))
     t0 = time.perf_counter()
-    running: dict[str, float] = {}  # loss sums since the last metrics line
+    running: dict[str, Tensor] = {}  # loss sums since the last metrics line, on the device
     count = 0
     batches = DataLoader(_IterationBatches(dataset, cfg), batch_size=None, sampler=range(start, cfg.iterations),
                          num_workers=cfg.num_workers, collate_fn=_identity)
+    # A bar on a terminal (images/s, time left, lr, loss) from the first iteration; without one,
+    # the metrics lines (the first at iteration 1, then every log_every) are the progress.
+    bar = ProgressBar.on_terminal(cfg.iterations, start, cfg.batch_size) if log is not None else None
+    if bar is not None:
+        metrics.echo = bar.write
     try:
         for it, batch in zip(range(start, cfg.iterations), batches):
             # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
@@ -260,17 +267,21 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
                 group["lr"] = lr
             losses = model(images, targets)
             loss = sum(losses.values())
+            # One host sync per step on a GPU; on the CPU it costs nothing.
             if not torch.isfinite(loss):
                 raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in losses.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
+                running[k] = running[k] + v.detach() if k in running else v.detach()
             count += 1
             done = it + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:
-                record = {"event": "train", "iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
+            if bar is not None:
+                bar.tick(loss.detach(), lr)
+            if done % cfg.log_every == 0 or done == cfg.iterations or done == 1:
+                record = {"event": "train", "iteration": done, "lr": lr,
+                          **{k: float(v) / count for k, v in running.items()},
                           "elapsed_s": round(time.perf_counter() - t0, 3)}
                 record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
                 metrics.write(record)
@@ -284,6 +295,8 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
         if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
             save_checkpoint(run, checkpoint_state(model, opt, start))
     finally:
+        if bar is not None:
+            bar.close()
         metrics.close()
     return model.eval()
 
@@ -301,14 +314,26 @@ def run_inference(model: FasterRCNN, dataset: Dataset, batch_size: int = 1) -> t
 
     The mAP needs every detection of every image before it can be computed, so this is not
     `resnets.eval.evaluate`'s running top-k count; it shares its evaluation mode (`eval_mode`)."""
+    from tqdm import tqdm
+
     device = next(model.parameters()).device
     dets, gts = [], []
-    with eval_mode([model]):
+    # A bar on a terminal (the images done, images/s, time left); in a log file, a line at
+    # each tenth of the set.
+    tty, n, t0 = sys.stderr.isatty(), len(dataset), time.perf_counter()
+    every = max(1, n // 10)
+    bar = tqdm(total=n, unit="img", desc="evaluating", file=sys.stderr, leave=False, disable=not tty)
+    with eval_mode([model]), bar:
         for s in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
             out = model([img.to(device) for img, _ in items])
             dets += [{k: v.cpu() for k, v in d.items()} for d in out]
             gts += [t for _, t in items]
+            bar.update(len(items))
+            done = len(dets)
+            if not tty and (done // every > (done - len(items)) // every or done == n):
+                print(f"evaluated {done}/{n} images ({done / (time.perf_counter() - t0):.2f} images/s)",
+                      file=sys.stderr, flush=True)
     return dets, gts
 
 
