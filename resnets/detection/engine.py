@@ -355,17 +355,26 @@ def evaluate(model: FasterRCNN, dataset: Dataset, metric: str = "voc", batch_siz
 
 # ------------------------------------------------------------------ predict
 def draw_detections(image: Tensor, det: dict[str, Tensor], class_names: list[str] | None, path: str | Path) -> None:
-    """Draw boxes with ``label score`` captions onto the image and save it as PNG."""
-    from PIL import Image, ImageDraw
+    """Draw each box with a ``name score`` caption on a filled label (Pillow) and save as PNG;
+    line width and font grow with the image."""
+    from PIL import Image, ImageDraw, ImageFont
 
     im = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(im)
+    side = min(im.size)
+    width = max(2, side // 200)
+    font = ImageFont.load_default(size=max(10, side // 30))
     palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
         colour = palette[(label - 1) % len(palette)]
         name = class_names[label - 1] if class_names and label - 1 < len(class_names) else str(label)
-        draw.rectangle(box, outline=colour, width=2)
-        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
+        draw.rectangle(box, outline=colour, width=width)
+        caption = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), caption, font=font)
+        # The label sits on the box's top edge, inside the image.
+        shift = max(0.0, box[1] - (bottom - top) - 2) - top
+        draw.rectangle((left, top + shift, right + 4, bottom + shift + 2), fill=colour)
+        draw.text((box[0] + 2, box[1] + shift), caption, fill=(255, 255, 255), font=font)
     im.save(path, format="PNG")
 
 
