@@ -59,7 +59,7 @@ CHECKPOINT_VERSION = 2
 # Settings a resumed run may change (how long and how fast it trains, how it logs, how it
 # is evaluated); any other change would make it a different experiment and is refused.
 RESUME_CHANGEABLE = frozenset({
-    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device",
+    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device", "precision",
     "backbone_weights",  # read only when a run starts; a resumed run takes its weights from the checkpoint
     # inference only
     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_threshold", "nms", "detections_per_image",
@@ -350,7 +350,13 @@ def evaluate(model: FasterRCNN, dataset: Dataset, metric: str = "voc", batch_siz
     v07 = model.cfg.voc07_metric if use_07_metric is None else use_07_metric
     res = evaluate_voc(dets, gts, model.cfg.num_classes, use_07_metric=v07)
     names = model.cfg.class_names or [str(i) for i in range(1, model.cfg.num_classes + 1)]
-    return {"mAP@0.5": res["mAP"], "AP": dict(zip(names, res["AP"])), "voc07_metric": v07}
+    # Beside it: VOC2007's 11-point AP@0.5, and a COCO-style AP averaged over IoU 0.50:0.05:0.95
+    # (each the area under the VOC precision/recall curve), for data sets without COCO JSON.
+    voc07 = evaluate_voc(dets, gts, model.cfg.num_classes, use_07_metric=True)["mAP"]
+    coco_style = [evaluate_voc(dets, gts, model.cfg.num_classes, iou_threshold=0.5 + 0.05 * i)["mAP"] for i in range(10)]
+    return {"mAP@0.5": res["mAP"], "AP": dict(zip(names, res["AP"])), "voc07_metric": v07,
+            "mAP@0.5 (VOC07 11-point)": voc07, "mAP@[.5:.95]": float(sum(coco_style) / len(coco_style)),
+            "images": len(dets)}
 
 
 # ------------------------------------------------------------------ predict
