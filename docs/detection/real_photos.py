@@ -40,12 +40,13 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="the fine-tune's run directory")
     ap.add_argument("--snapshots", default=None, help="folder of checkpoint copies taken during training")
     ap.add_argument("--appendix-b", action="store_true", help="evaluate the Appendix B inference options too")
+    ap.add_argument("--checkpoint", default=None, help="the checkpoint to report (default: RUN_DIR/checkpoints/last.pt)")
     ap.add_argument("--grid", type=int, default=8, help="validation photos in the picture grid")
     ap.add_argument("--out", default="docs/detection")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir(args.run) / "last.pt"
+    final = Path(args.checkpoint) if args.checkpoint else checkpoint_dir(args.run) / "last.pt"
     cfg = load_checkpoint(final)["config"]
     val = VOCDetection(args.data, "val", cfg["class_names"], split_seed=cfg["seed"])
     report_path = out / "real_photos.json"

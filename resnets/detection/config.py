@@ -198,10 +198,10 @@ class DetectionConfig:
 # `resnets detect train --preset NAME`: DetectionConfig values (any of them can be overridden).
 PRESETS: dict[str, dict[str, Any]] = {
     # Fine-tuning from ImageNet weights on a small set (~100-1000 images, few classes) on a CPU
-    # (docs/detection.md, "Real photos"): one image per step at a shorter side of 416 and 128 RoIs
-    # per image (the res5 head's cost is linear in RoIs; 512 was 1.9x the step at 600 px with a
-    # single class to learn), anchors from 64 px (objects fill much of such photos), lr 0.004
-    # after a 50-iteration warm-up, /10 at 500 of 700 iterations.
+    # (docs/detection.md, "Real photos"): one image per step at a shorter side of 416 (the raccoon
+    # photos' median shorter side is 360 px) and 64 RoIs per image (the res5 head's cost is linear
+    # in RoIs: 600 px / 512 RoIs took 2.2x the step of 480 px / 128 RoIs, same run), anchors from
+    # 64 px, lr 0.004 after a 50-iteration warm-up, /10 at 500 of 700 iterations.
     "finetune": {
         "batch_size": 1, "min_size": 416, "max_size": 693, "roi_batch_size_per_image": 64,
         "rpn_post_nms_top_n_train": 1000, "anchor_sizes": [64.0, 128.0, 256.0, 512.0],
