@@ -79,7 +79,7 @@ def main() -> None:
     ax.set_ylabel(f"AP on {len(val)} validation photos")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out / "ap_vs_iterations.png", dpi=110)
 
