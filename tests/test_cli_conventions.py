@@ -199,8 +199,9 @@ def test_a_missing_out_folder_is_created_and_named_by_convert_train_and_plot(tmp
 
 # Options that share a name but rightly differ: what --out is (a file, a folder, a run
 # directory) is its metavar; --format is the weights' format in convert and the data set's in
-# detect; convert's --normalization offers the kinds a converted file can carry.
-DIFFERING_ON_PURPOSE = {"--out", "--format", "--normalization"}
+# detect; convert's --normalization offers the kinds a converted file can carry; --preset names
+# a recipe of its own command's config (train: cifar-paper, imagenet-paper; detect train: finetune).
+DIFFERING_ON_PURPOSE = {"--out", "--format", "--normalization", "--preset"}
 
 
 def test_an_option_is_spelled_the_same_in_every_command():

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from resnets.detection.config import DetectionConfig, load_yaml_options
+from resnets.detection.config import PRESETS, DetectionConfig, load_yaml_options
 from resnets.errors import ConfigError, DataError
 from resnets.io import atomic_write_text
 
@@ -55,6 +55,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "--iters, lr and logging settings may change, anything else is refused")
     t.add_argument("--iters", type=int, default=None, metavar="N", help="training iterations (config: iterations)")
     add_deprecated_alias(t, "--iterations", "--iters", dest="iters", type=int)
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a recipe of DetectionConfig values; finetune: a small data set from ImageNet weights "
+                        "(docs/detection.md); --config, --set and the flags below override it")
+    t.add_argument("--backbone-weights", default=None, metavar="FILE|TAG",
+                   help="ImageNet weights of the backbone: a file `resnets convert` writes, or a pretrained tag "
+                        "(e.g. torchvision-imagenet1k-v1); its input normalisation comes with it")
     t.add_argument("--arch", default=None, metavar="NAME",
                    help="backbone network from `resnets models`, e.g. resnet50 or resnet101 (config: arch)")
     t.add_argument("--device", type=device_option, metavar=DEVICE_METAVAR, default=None,
@@ -89,7 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        description="Detect objects in image files; --out gets detections.json and, unless "
                                    "--no-draw, one PNG per image with the boxes drawn.")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a detector checkpoint (RUN_DIR/checkpoints/last.pt)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to detect objects in")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (their images, recursively) or globs")
     add_out(p, "folder for detections.json and the drawn PNGs", metavar="DIR", old="--out-dir")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="keep detections scoring at least this (default: %(default)s)")
@@ -116,10 +122,11 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
 def build_dataset(fmt: str | None, data: str | None, split: str | None, annotations: str | None,
                   synthetic_images: int = 200, synthetic_seed: int = 0, train: bool = True,
-                  num_classes: int | None = None, class_names: list[str] | None = None):
+                  num_classes: int | None = None, class_names: list[str] | None = None, seed: int = 0):
     """The data set named by the CLI options (DataError/ConfigError on bad input).
-    VOC files are parsed with ``class_names`` (default: the 20 VOC classes)."""
-    from resnets.detection.data import VOC_CLASSES, COCODetection, SyntheticShapes, VOCDetection
+    VOC files are parsed with ``class_names`` (default: the sorted names in the annotations);
+    a VOC folder without split files is split with ``seed`` (train / val)."""
+    from resnets.detection.data import COCODetection, SyntheticShapes, VOCDetection
 
     fmt = fmt or "voc"
     if fmt == "synthetic":
@@ -131,7 +138,10 @@ def build_dataset(fmt: str | None, data: str | None, split: str | None, annotati
     if not Path(data).exists():
         raise DataError(f"--data {data} does not exist")
     if fmt == "voc":
-        return VOCDetection(data, split or ("trainval" if train else "test"), class_names or VOC_CLASSES)
+        if split is None:  # the devkit's own split files, else the seeded split of the folder
+            devkit = (Path(data) / "ImageSets" / "Main").is_dir()
+            split = ("trainval" if train else "test") if devkit else ("train" if train else "val")
+        return VOCDetection(data, split, class_names, split_seed=seed)
     if annotations is None:
         raise ConfigError("--format coco needs --annotations INSTANCES.json")
     return COCODetection(data, annotations, skip_empty=train)
@@ -152,17 +162,22 @@ def run(args: argparse.Namespace) -> int:
             for key in ("format", "data", "split", "annotations", "synthetic_images"):
                 if getattr(args, key) is None and saved_data.get(key) is not None:
                     setattr(args, key, saved_data[key])
+        if args.preset and not args.resume:
+            values.update(PRESETS[args.preset])
         if args.config:
             values.update(load_yaml_options(args.config))
         values.update(_overrides(args.set))
-        for key, dest in (("iterations", "iters"), ("arch", "arch"), ("device", "device")):
+        for key, dest in (("iterations", "iters"), ("arch", "arch"), ("device", "device"),
+                          ("backbone_weights", "backbone_weights")):
             if getattr(args, dest) is not None:
                 values[key] = getattr(args, dest)
         cfg = DetectionConfig.from_dict(values, source=args.config or "--set")
         # The generated set has its own classes: unless they were asked for, take all of them.
         num_classes = cfg.num_classes if "num_classes" in values or args.format != "synthetic" else None
         dataset = build_dataset(args.format, args.data, args.split, args.annotations,
-                                args.synthetic_images or 200, cfg.seed, True, num_classes, cfg.class_names)
+                                args.synthetic_images or 200, cfg.seed, True, num_classes, cfg.class_names, cfg.seed)
+        if hasattr(dataset, "describe"):
+            print(dataset.describe())
         names = list(dataset.class_names)
         if cfg.class_names is None or len(cfg.class_names) != len(names):
             cfg = cfg.replace(num_classes=len(names), class_names=names)
@@ -173,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         text = f"detector trained for {cfg.iterations} iterations in {out}"
         if args.eval_split:
             test = build_dataset(args.format, args.data, args.eval_split, args.annotations, train=False,
-                                 num_classes=cfg.num_classes, class_names=cfg.class_names)
+                                 num_classes=cfg.num_classes, class_names=cfg.class_names, seed=cfg.seed)
             metrics = engine.evaluate(model, test)
             engine.log_evaluation(out, args.eval_split, metrics)
             result["eval"] = metrics
@@ -183,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "eval":
         model = engine.load_detector(args.checkpoint, engine.resolve_device(args.device), _overrides(args.set))
         dataset = build_dataset(args.format, args.data, args.split, args.annotations, args.synthetic_images,
-                                args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names)
+                                args.synthetic_seed, False, model.cfg.num_classes, model.cfg.class_names, model.cfg.seed)
         metrics = engine.evaluate(model, dataset, metric=args.metric, use_07_metric=args.voc07 or None)
         out = prepare_out(args.out, "file") if args.out else Path(args.checkpoint).resolve().parent.parent / "eval.json"
         atomic_write_text(out, json.dumps(metrics, indent=1))
@@ -191,11 +206,14 @@ def run(args: argparse.Namespace) -> int:
         report(args, metrics, f"{summary} (written to {out})")
         return 0
     if cmd == "predict":
+        from resnets.eval.predict import find_images
+
         model = engine.load_detector(args.checkpoint, engine.resolve_device(args.device), _overrides(args.set))
-        for path in args.images:
-            if not Path(path).is_file():
-                raise DataError(f"image {path} does not exist")
+        paths, missing = find_images(args.images)
+        if missing:
+            raise DataError("; ".join(m["error"] for m in missing))
         out = prepare_out(require(args, "out", "--out"), "folder")
+        args.images = paths
         records = engine.predict(model, args.images, out, args.score_threshold, draw=not args.no_draw)
         report(args, {"detections": records, "written": str(Path(out) / "detections.json")},
                "\n".join(f"{r['image']}: {len(r['boxes'])} detections" for r in records))

@@ -9,6 +9,7 @@ by evaluation) and ``image_id`` int. ``class_names`` lists classes 1..num_classe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -25,6 +26,7 @@ from resnets.errors import DataError
 __all__ = [
     "VOC_CLASSES",
     "VOCDetection",
+    "seeded_split",
     "COCODetection",
     "SyntheticShapes",
     "SHAPE_CLASSES",
@@ -75,59 +77,152 @@ def hflip(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     return image.flip(-1), {**target, "boxes": boxes}
 
 
-class VOCDetection(Dataset):
-    """PASCAL VOC layout: ``root/Annotations/*.xml``, ``root/JPEGImages/*.jpg``,
-    ``root/ImageSets/Main/<image_set>.txt`` (``root`` is e.g. VOCdevkit/VOC2007).
+# Image files an annotation may point to, tried in this order for the XML's own stem.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
+# Fraction of a folder without split files that becomes its seeded validation split.
+VAL_FRACTION = 0.2
 
-    VOC boxes are 1-based inclusive pixel indices; they become continuous
-    coordinates ``(xmin - 1, ymin - 1, xmax, ymax)``.
+
+def _voc_layout(root: Path) -> tuple[str, Path, Path]:
+    """(layout, annotation folder, image folder) of a folder of VOC XML files."""
+    if (root / "Annotations").is_dir() or (root / "JPEGImages").is_dir():
+        for sub in ("Annotations", "JPEGImages"):
+            if not (root / sub).is_dir():
+                raise DataError(f"VOC root {root} has no {sub}/ folder (expected Annotations/, JPEGImages/, ImageSets/Main/)")
+        return "devkit", root / "Annotations", root / "JPEGImages"
+    if (root / "annotations").is_dir() and (root / "images").is_dir():
+        return "folder", root / "annotations", root / "images"
+    if any(root.glob("*.xml")):
+        return "side-by-side", root, root
+    raise DataError(f"{root} holds no VOC annotations: expected Annotations/ + JPEGImages/ (VOC devkit), "
+                    "annotations/ + images/, or .xml files beside their images")
+
+
+def seeded_split(ids: list[str], split: str, seed: int, val_fraction: float = VAL_FRACTION) -> list[str]:
+    """The ``train``/``val`` part of ``ids`` (``trainval``/``all``: every id) for a folder without
+    split files. An id's side depends only on (seed, id) ranks, not on the listing order."""
+    if split in ("trainval", "all"):
+        return sorted(ids)
+    if split not in ("train", "val"):
+        raise DataError(f"split {split!r}: a folder without split files has the seeded splits train, val "
+                        "and trainval (every image)")
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    n_val = max(1, round(len(ids) * val_fraction)) if len(ids) > 1 else 0
+    part = set(ranked[:n_val] if split == "val" else ranked[n_val:])
+    return [i for i in sorted(ids) if i in part]
+
+
+def _voc_objects(path: Path) -> list[tuple[str, bool, list[float]]]:
+    """(name, difficult, [xmin, ymin, xmax, ymax] as written) of each object in a VOC XML file."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as e:
+        raise DataError(f"cannot parse VOC annotation {path}: {e}") from None
+    objects = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        try:
+            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr, arg-type]
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(f"{path}: object {name!r} has no valid bndbox xmin/ymin/xmax/ymax") from None
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise DataError(f"{path}: object {name!r} has xmax <= xmin or ymax <= ymin "
+                            f"(xmin {box[0]:g}, ymin {box[1]:g}, xmax {box[2]:g}, ymax {box[3]:g})")
+        objects.append((name, (obj.findtext("difficult") or "0").strip() == "1", box))
+    return objects
+
+
+def _image_for(xml: Path, image_dir: Path) -> Path:
+    for suffix in _IMAGE_SUFFIXES:
+        if (image_dir / (xml.stem + suffix)).is_file():
+            return image_dir / (xml.stem + suffix)
+    try:  # labelImg names the image in <filename>
+        filename = (ET.parse(xml).getroot().findtext("filename") or "").strip()
+    except ET.ParseError:
+        filename = ""
+    if filename and (image_dir / Path(filename).name).is_file():
+        return image_dir / Path(filename).name
+    raise DataError(f"{xml}: its image is missing (looked for {xml.stem}.jpg/.png/... in {image_dir})")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+class VOCDetection(Dataset):
+    """One PASCAL VOC XML file per image, as VOC and labelImg write them, in three layouts:
+
+    - VOC devkit: ``root/Annotations/*.xml``, ``root/JPEGImages/*.jpg`` and
+      ``root/ImageSets/Main/<image_set>.txt`` (``root`` is e.g. VOCdevkit/VOC2007);
+    - ``root/annotations/*.xml`` + ``root/images/*`` (e.g. ../shared/data/raccoon);
+    - the XML files beside their images in ``root``.
+
+    Without split files the image sets are a seeded split (:func:`seeded_split`: ``train``,
+    ``val``, ``trainval``). ``class_names=None`` takes the sorted names found in all the
+    folder's annotations (for PASCAL VOC, its usual 20-class order, which is alphabetical).
+    VOC boxes are 1-based inclusive pixel indices; they become continuous coordinates
+    ``(xmin - 1, ymin - 1, xmax, ymax)``, and boxes reaching outside their image are clipped
+    to it (counted in ``clipped_boxes``). An image without objects is a background image.
     """
 
-    def __init__(self, root: str | Path, image_set: str = "trainval", class_names: tuple[str, ...] | list[str] = VOC_CLASSES,
-                 keep_difficult: bool = True) -> None:
+    def __init__(self, root: str | Path, image_set: str = "trainval", class_names: tuple[str, ...] | list[str] | None = None,
+                 keep_difficult: bool = True, split_seed: int = 0) -> None:
         self.root = Path(root)
-        self.class_names = list(class_names)
-        self._index = {n: i + 1 for i, n in enumerate(self.class_names)}
+        if not self.root.is_dir():
+            raise DataError(f"VOC data folder {self.root} does not exist")
+        self.layout, ann_dir, self.image_dir = _voc_layout(self.root)
         split = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
-        for sub in ("Annotations", "JPEGImages"):
-            if not (self.root / sub).is_dir():
-                raise DataError(f"VOC root {self.root} has no {sub}/ folder (expected Annotations/, JPEGImages/, ImageSets/Main/)")
-        if not split.is_file():
-            raise DataError(f"VOC split file {split} does not exist (image_set={image_set!r})")
-        self.ids = [line.split()[0] for line in split.read_text().splitlines() if line.strip()]
+        every = sorted(p.stem for p in ann_dir.glob("*.xml"))
+        if self.layout == "devkit" and (self.root / "ImageSets" / "Main").is_dir():
+            if not split.is_file():
+                raise DataError(f"VOC split file {split} does not exist (image_set={image_set!r})")
+            self.ids = [line.split()[0] for line in split.read_text().splitlines() if line.strip()]
+        else:
+            self.ids = seeded_split(every, image_set, split_seed)
+        objects = {i: _voc_objects(ann_dir / f"{i}.xml") for i in (every if class_names is None else self.ids)}
+        self.class_names = list(class_names) if class_names is not None else sorted(
+            {name for objs in objects.values() for name, _, _ in objs})
+        self._index = {n: i + 1 for i, n in enumerate(self.class_names)}
         self.keep_difficult = keep_difficult
-        self.targets = [self._parse(i, n) for n, i in enumerate(self.ids)]
+        self.clipped_boxes = 0
+        self.images = [_image_for(ann_dir / f"{i}.xml", self.image_dir) for i in self.ids]
+        self.targets = [self._target(ann_dir / f"{i}.xml", objects[i], self.images[n], n) for n, i in enumerate(self.ids)]
 
-    def _parse(self, image_id: str, n: int) -> Target:
-        path = self.root / "Annotations" / f"{image_id}.xml"
-        try:
-            root = ET.parse(path).getroot()
-        except (OSError, ET.ParseError) as e:
-            raise DataError(f"cannot parse VOC annotation {path}: {e}") from None
+    def _target(self, path: Path, objects: list[tuple[str, bool, list[float]]], image: Path, n: int) -> Target:
+        width, height = _image_size(image)
         boxes, labels, difficult = [], [], []
-        for obj in root.iter("object"):
-            name = (obj.findtext("name") or "").strip()
+        for name, diff, (x1, y1, x2, y2) in objects:
             if name not in self._index:
                 raise DataError(f"{path}: unknown class {name!r}; expected one of {self.class_names}")
-            diff = (obj.findtext("difficult") or "0").strip() == "1"
             if diff and not self.keep_difficult:
                 continue
-            bb = obj.find("bndbox")
-            try:
-                x1, y1, x2, y2 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore[union-attr, arg-type]
-            except (AttributeError, TypeError, ValueError):
-                raise DataError(f"{path}: object {name!r} has no valid bndbox xmin/ymin/xmax/ymax") from None
-            boxes.append([x1 - 1, y1 - 1, x2, y2])
+            box = [min(max(x1 - 1, 0.0), width), min(max(y1 - 1, 0.0), height), min(x2, width), min(y2, height)]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise DataError(f"{path}: object {name!r} lies outside its {width}x{height} image {image}")
+            self.clipped_boxes += box != [x1 - 1, y1 - 1, x2, y2]
+            boxes.append(box)
             labels.append(self._index[name])
             difficult.append(diff)
         return _target(boxes, labels, difficult, n)
+
+    def describe(self) -> str:
+        """One line for the log: images, background images, objects, classes, clipped boxes."""
+        objects = sum(len(t["labels"]) for t in self.targets)  # type: ignore[arg-type]
+        background = sum(len(t["labels"]) == 0 for t in self.targets)  # type: ignore[arg-type]
+        return (f"{self.root} ({self.layout} layout): {len(self)} images ({background} without objects), "
+                f"{objects} objects of {len(self.class_names)} classes; "
+                f"{self.clipped_boxes} boxes reaching outside their image clipped to it")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Target]:
-        path = self.root / "JPEGImages" / f"{self.ids[i]}.jpg"
-        return load_image(path), {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in self.targets[i].items()}
+        return load_image(self.images[i]), {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in self.targets[i].items()}
 
 
 class COCODetection(Dataset):

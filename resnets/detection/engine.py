@@ -18,6 +18,7 @@ metrics.jsonl reads as the uninterrupted run's would.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,7 @@ from resnets.models.normalize import normalization_state
 from resnets.run_dir import RunLock, append_history, config_changes, describe_changes, prepare_run_dir
 from resnets.runtime import resolve_device
 from resnets.train.metrics_log import MetricsLog, append_metrics
+from resnets.train.progress import ProgressBar
 from resnets.train.schedule import step_lr
 
 __all__ = [
@@ -57,7 +59,7 @@ CHECKPOINT_VERSION = 2
 # Settings a resumed run may change (how long and how fast it trains, how it logs, how it
 # is evaluated); any other change would make it a different experiment and is refused.
 RESUME_CHANGEABLE = frozenset({
-    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device",
+    "iterations", "lr", "lr_steps", "lr_gamma", "log_every", "checkpoint_every", "num_workers", "device", "precision",
     "backbone_weights",  # read only when a run starts; a resumed run takes its weights from the checkpoint
     # inference only
     "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "score_threshold", "nms", "detections_per_image",
@@ -245,10 +247,15 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
     metrics = MetricsLog(run, True, start if state is not None else None, tensorboard=False,
                          echo=say if log is not None else (lambda _: None))
     t0 = time.perf_counter()
-    running: dict[str, float] = {}  # loss sums since the last metrics line
+    running: dict[str, Tensor] = {}  # loss sums since the last metrics line, on the device
     count = 0
     batches = DataLoader(_IterationBatches(dataset, cfg), batch_size=None, sampler=range(start, cfg.iterations),
                          num_workers=cfg.num_workers, collate_fn=_identity)
+    # A bar on a terminal (images/s, time left, lr, loss) from the first iteration; without one,
+    # the metrics lines (the first at iteration 1, then every log_every) are the progress.
+    bar = ProgressBar.on_terminal(cfg.iterations, start, cfg.batch_size) if log is not None else None
+    if bar is not None:
+        metrics.echo = bar.write
     try:
         for it, batch in zip(range(start, cfg.iterations), batches):
             # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
@@ -260,17 +267,21 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
                 group["lr"] = lr
             losses = model(images, targets)
             loss = sum(losses.values())
+            # One host sync per step on a GPU; on the CPU it costs nothing.
             if not torch.isfinite(loss):
                 raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             for k, v in losses.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
+                running[k] = running[k] + v.detach() if k in running else v.detach()
             count += 1
             done = it + 1
-            if done % cfg.log_every == 0 or done == cfg.iterations:
-                record = {"event": "train", "iteration": done, "lr": lr, **{k: v / count for k, v in running.items()},
+            if bar is not None:
+                bar.tick(loss.detach(), lr)
+            if done % cfg.log_every == 0 or done == cfg.iterations or done == 1:
+                record = {"event": "train", "iteration": done, "lr": lr,
+                          **{k: float(v) / count for k, v in running.items()},
                           "elapsed_s": round(time.perf_counter() - t0, 3)}
                 record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
                 metrics.write(record)
@@ -284,6 +295,8 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
         if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
             save_checkpoint(run, checkpoint_state(model, opt, start))
     finally:
+        if bar is not None:
+            bar.close()
         metrics.close()
     return model.eval()
 
@@ -301,14 +314,26 @@ def run_inference(model: FasterRCNN, dataset: Dataset, batch_size: int = 1) -> t
 
     The mAP needs every detection of every image before it can be computed, so this is not
     `resnets.eval.evaluate`'s running top-k count; it shares its evaluation mode (`eval_mode`)."""
+    from tqdm import tqdm
+
     device = next(model.parameters()).device
     dets, gts = [], []
-    with eval_mode([model]):
+    # A bar on a terminal (the images done, images/s, time left); in a log file, a line at
+    # each tenth of the set.
+    tty, n, t0 = sys.stderr.isatty(), len(dataset), time.perf_counter()
+    every = max(1, n // 10)
+    bar = tqdm(total=n, unit="img", desc="evaluating", file=sys.stderr, leave=False, disable=not tty)
+    with eval_mode([model]), bar:
         for s in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
             out = model([img.to(device) for img, _ in items])
             dets += [{k: v.cpu() for k, v in d.items()} for d in out]
             gts += [t for _, t in items]
+            bar.update(len(items))
+            done = len(dets)
+            if not tty and (done // every > (done - len(items)) // every or done == n):
+                print(f"evaluated {done}/{n} images ({done / (time.perf_counter() - t0):.2f} images/s)",
+                      file=sys.stderr, flush=True)
     return dets, gts
 
 
@@ -325,22 +350,37 @@ def evaluate(model: FasterRCNN, dataset: Dataset, metric: str = "voc", batch_siz
     v07 = model.cfg.voc07_metric if use_07_metric is None else use_07_metric
     res = evaluate_voc(dets, gts, model.cfg.num_classes, use_07_metric=v07)
     names = model.cfg.class_names or [str(i) for i in range(1, model.cfg.num_classes + 1)]
-    return {"mAP@0.5": res["mAP"], "AP": dict(zip(names, res["AP"])), "voc07_metric": v07}
+    # Beside it: VOC2007's 11-point AP@0.5, and a COCO-style AP averaged over IoU 0.50:0.05:0.95
+    # (each the area under the VOC precision/recall curve), for data sets without COCO JSON.
+    voc07 = evaluate_voc(dets, gts, model.cfg.num_classes, use_07_metric=True)["mAP"]
+    coco_style = [evaluate_voc(dets, gts, model.cfg.num_classes, iou_threshold=0.5 + 0.05 * i)["mAP"] for i in range(10)]
+    return {"mAP@0.5": res["mAP"], "AP": dict(zip(names, res["AP"])), "voc07_metric": v07,
+            "mAP@0.5 (VOC07 11-point)": voc07, "mAP@[.5:.95]": float(sum(coco_style) / len(coco_style)),
+            "images": len(dets)}
 
 
 # ------------------------------------------------------------------ predict
 def draw_detections(image: Tensor, det: dict[str, Tensor], class_names: list[str] | None, path: str | Path) -> None:
-    """Draw boxes with ``label score`` captions onto the image and save it as PNG."""
-    from PIL import Image, ImageDraw
+    """Draw each box with a ``name score`` caption on a filled label (Pillow) and save as PNG;
+    line width and font grow with the image."""
+    from PIL import Image, ImageDraw, ImageFont
 
     im = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
     draw = ImageDraw.Draw(im)
+    side = min(im.size)
+    width = max(2, side // 200)
+    font = ImageFont.load_default(size=max(10, side // 30))
     palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
     for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
         colour = palette[(label - 1) % len(palette)]
         name = class_names[label - 1] if class_names and label - 1 < len(class_names) else str(label)
-        draw.rectangle(box, outline=colour, width=2)
-        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=colour)
+        draw.rectangle(box, outline=colour, width=width)
+        caption = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((box[0], box[1]), caption, font=font)
+        # The label sits on the box's top edge, inside the image.
+        shift = max(0.0, box[1] - (bottom - top) - 2) - top
+        draw.rectangle((left, top + shift, right + 4, bottom + shift + 2), fill=colour)
+        draw.text((box[0] + 2, box[1] + shift), caption, fill=(255, 255, 255), font=font)
     im.save(path, format="PNG")
 
 

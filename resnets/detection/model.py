@@ -25,6 +25,7 @@ from resnets.detection.roi_heads import C4BoxHead
 from resnets.detection.rpn import RPN
 from resnets.models import Normalize, ResNet, create_model
 from resnets.ops import batched_nms, box_iou, clip_boxes_to_image, freeze_batchnorm, remove_small_boxes
+from resnets.runtime import fast_bf16_available
 
 __all__ = ["FasterRCNN", "build_detector", "resize_and_batch"]
 
@@ -89,10 +90,26 @@ class FasterRCNN(nn.Module):
         c4 = res5[0].conv1.in_channels
         self.rpn = RPN(c4, cfg, STRIDE)
         self.head = C4BoxHead(res5, c4, res5_channels, cfg, STRIDE)
+        # Channels-last weights: oneDNN's fast layout for the bf16 convolutions (and fine in fp32).
+        self.to(memory_format=torch.channels_last)
 
     def features(self, batch: Tensor) -> Tensor:
-        """The conv4_x ("C4") feature map, stride 16, of a normalised batch."""
+        """The conv4_x ("C4") feature map, stride 16, of a normalised batch (bf16 and
+        channels-last inside :meth:`precision`'s context on a CPU fast at bf16)."""
+        if torch.is_autocast_enabled(batch.device.type):
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return self.backbone.forward_features(batch, ["layer3"])["layer3"]
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        """Whether the convolutions run in bf16 autocast (``cfg.precision``; "auto": where
+        the device is fast at bf16, e.g. AVX512-BF16/AMX CPUs, as classification training)."""
+        if self.cfg.precision == "auto":
+            return fast_bf16_available(device)
+        return self.cfg.precision == "bf16"
+
+    def precision(self, device: torch.device):
+        """The autocast context of the convolutions: trunk, RPN conv, res5 (fp32 losses, boxes)."""
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.uses_bf16(device))
 
     # ------------------------------------------------------------------ training
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
@@ -110,15 +127,20 @@ class FasterRCNN(nn.Module):
         for t, (sx, sy) in zip(targets, scales.tolist()):
             boxes = t["boxes"].to(batch) * torch.tensor([sx, sy, sx, sy], device=batch.device)
             scaled.append({"boxes": boxes, "labels": t["labels"].to(batch.device)})
-        features = self.features(batch)
-        proposals, _, rpn_losses = self.rpn(features, sizes, scaled)
-        rois, labels, reg = self.head.sample(proposals, scaled)
-        logits, deltas = self.head.predict(self.head.box_features(features, rois, sizes))
+        with self.precision(batch.device):
+            features = self.features(batch)
+            proposals, _, rpn_losses = self.rpn(features, sizes, scaled)
+            rois, labels, reg = self.head.sample(proposals, scaled)
+            logits, deltas = self.head.predict(self.head.box_features(features, rois, sizes))
         return {**rpn_losses, **self.head.loss(logits, deltas, labels, reg)}
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        with self.precision(images[0].device if images else torch.device("cpu")):
+            return self._detect(images)
+
+    def _detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         cfg = self.cfg
         batch, sizes, scales = resize_and_batch(images, cfg.min_size, cfg.max_size, self.normalize)
         features = self.features(batch)
@@ -201,7 +223,7 @@ class FasterRCNN(nn.Module):
                         feats = f.new_full((k, f.shape[1]), float("-inf"))
                     feats[sel] = torch.maximum(feats[sel], f)
         logits, deltas = self.head.predict(feats)
-        boxes = decode_boxes(deltas, rois[:, 1:], self.cfg.bbox_reg_weights)
+        boxes = decode_boxes(deltas, rois[:, 1:].float(), self.cfg.bbox_reg_weights)
         return logits.softmax(dim=1), boxes
 
     def _postprocess(self, probs: Tensor, boxes: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:

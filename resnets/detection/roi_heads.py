@@ -52,15 +52,16 @@ class C4BoxHead(nn.Module):
             # Appendix B: "RoI" pooling over the entire image box = single-level global SPP.
             whole = torch.tensor(
                 [[i, 0.0, 0.0, float(w), float(h)] for i, (h, w) in enumerate(image_sizes)],
-                device=features.device, dtype=features.dtype,
+                device=features.device, dtype=torch.float32,
             )
             context = self._res5(self._pool(features, whole))
             x = torch.cat([x, context[rois[:, 0].long()]], dim=1)
         return x
 
     def predict(self, box_features: Tensor) -> tuple[Tensor, Tensor]:
-        """Class logits ``[K, C+1]`` and per-class box deltas ``[K, C+1, 4]``."""
-        return self.cls_score(box_features), self.bbox_pred(box_features).view(box_features.shape[0], -1, 4)
+        """Class logits ``[K, C+1]`` and per-class box deltas ``[K, C+1, 4]``, in fp32."""
+        return (self.cls_score(box_features).float(),
+                self.bbox_pred(box_features).float().view(box_features.shape[0], -1, 4))
 
     def sample(
         self, proposals: list[Tensor], targets: list[dict[str, Tensor]]

@@ -77,8 +77,9 @@ class RPN(nn.Module):
         t = F.relu(self.conv(features))
         c, a = self.num_outputs, self.num_anchors
         # [B, A*C, H, W] -> [B, H*W*A, C] and [B, H*W*A, C, 4], matching grid_anchors' order.
-        logits = self.cls_logits(t).view(b, a, c, fh, fw).permute(0, 3, 4, 1, 2).reshape(b, -1, c)
-        deltas = self.bbox_pred(t).view(b, a, c, 4, fh, fw).permute(0, 4, 5, 1, 2, 3).reshape(b, -1, c, 4)
+        # The losses and box decoding run in fp32 (the convolutions may be bf16 under autocast).
+        logits = self.cls_logits(t).float().view(b, a, c, fh, fw).permute(0, 3, 4, 1, 2).reshape(b, -1, c)
+        deltas = self.bbox_pred(t).float().view(b, a, c, 4, fh, fw).permute(0, 4, 5, 1, 2, 3).reshape(b, -1, c, 4)
         anchors = grid_anchors(self.cell_anchors, fh, fw, self.stride)
         proposals, labels = self._proposals(logits.detach(), deltas.detach(), anchors, image_sizes)
         losses: dict[str, Tensor] = {}

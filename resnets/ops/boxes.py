@@ -4,7 +4,9 @@ Semantics follow `torchvision.ops` exactly (boxes are ``(x1, y1, x2, y2)`` in
 absolute coordinates, area is ``(x2 - x1) * (y2 - y1)`` without a ``+1``), so
 results can be compared one to one. torchvision itself is not a dependency.
 
-NMS is vectorised in blocks of boxes (in score order): a block is tested against
+On the CPU, fp32 NMS runs the C++ greedy sweep of :mod:`resnets.ops.detection_kernels`
+(torchvision's algorithm, vectorised over the boxes after each kept one). Elsewhere it
+runs in PyTorch: NMS is vectorised in blocks of boxes (in score order): a block is tested against
 every box kept so far with one tensor op, and only the greedy sweep inside a block -
 inherently sequential - runs as a short loop over NumPy boolean rows. The work is
 ~(#kept x #boxes) rather than #boxes^2, and can stop early at ``max_output``.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
+from resnets.ops.detection_kernels import load_extension
 
 __all__ = ["box_area", "box_iou", "nms", "batched_nms", "clip_boxes_to_image", "remove_small_boxes"]
 
@@ -119,7 +123,13 @@ def _nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: floa
     # Stable sort: among equal scores the lower index wins (deterministic ties).
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_idxs = idxs[order] if idxs is not None else None
-    keep = _nms_sorted(boxes.detach()[order], sorted_idxs, float(iou_threshold), max_output)
+    if boxes.device.type == "cpu" and boxes.dtype == torch.float32 and load_extension() is not None:
+        # The C++ greedy sweep (resnets/ops/csrc/detection_ops.cpp): the same kept boxes.
+        cats = sorted_idxs.to(torch.int64) if sorted_idxs is not None else torch.empty(0, dtype=torch.int64)
+        keep = load_extension().nms_sorted(boxes.detach()[order].contiguous(), cats, float(iou_threshold),
+                                           -1 if max_output is None else int(max_output))
+    else:
+        keep = _nms_sorted(boxes.detach()[order], sorted_idxs, float(iou_threshold), max_output)
     return order[keep]
 
 

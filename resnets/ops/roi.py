@@ -5,21 +5,26 @@ of ``(batch_index, x1, y1, x2, y2)`` or a list of per-image ``Tensor[L, 4]``, an
 return ``Tensor[K, C, out_h, out_w]``.
 
 RoI Align is the hot path of the C4 detector head (Appendix A: a 14x14 pooled
-conv4 feature per RoI feeds res5). Bilinear sampling is a *linear* map of the
-feature map whose weights depend only on the boxes, so all K x out_h x out_w bins
-are written as rows of one sparse CSR matrix over the feature pixels and applied
-with a single ``sparse @ dense`` product over channels-last features: no per-RoI
-Python loop, variable per-RoI sampling grids (``sampling_ratio <= 0``) come for
-free as variable row lengths, and autograd gives the transposed product for the
-backward pass. Boxes get no gradient (as in torchvision).
+conv4 feature per RoI feeds res5). On the CPU (fp32 or bf16 features) it runs the C++
+kernel of :mod:`resnets.ops.detection_kernels`, which sums the bilinear taps of each
+bin over contiguous channels. Elsewhere, or without a compiler, it runs in PyTorch:
+bilinear sampling is a *linear* map of the feature map whose weights depend only on
+the boxes, so every bin is a weighted bag of channels-last feature rows, summed by
+one ``embedding_bag`` (whose backward scatters the gradient): no per-RoI Python loop,
+and variable per-RoI sampling grids (``sampling_ratio <= 0``) are variable bag
+lengths. Both return channels-last memory (what the res5 convolutions run on).
+Boxes get no gradient (as in torchvision); coordinates are computed in fp32 for bf16
+features.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from resnets.ops.detection_kernels import load_extension
 
 __all__ = ["roi_align", "roi_pool", "convert_boxes_to_roi_format"]
 
@@ -51,7 +56,8 @@ def _check_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
     rois = convert_boxes_to_roi_format(boxes) if isinstance(boxes, (list, tuple)) else boxes
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"boxes must be Tensor[K, 5] or a list of Tensor[L, 4], got shape {tuple(rois.shape)}")
-    rois = rois.to(device=input.device, dtype=input.dtype).detach()
+    coord_dtype = input.dtype if input.dtype in (torch.float32, torch.float64) else torch.float32
+    rois = rois.to(device=input.device, dtype=coord_dtype).detach()
     if rois.shape[0] and (rois[:, 0].min() < 0 or rois[:, 0].max() >= input.shape[0]):
         raise ValueError(f"RoI batch indices must lie in [0, {input.shape[0]})")
     return rois
@@ -117,26 +123,54 @@ def roi_align(
     k = rois.shape[0]
     if k == 0:
         return input.new_zeros((0, c, oh, ow))
+    if _kernel_applies(input):
+        return _RoIAlignKernel.apply(input, rois.float().contiguous(), oh, ow, float(spatial_scale),
+                                     int(sampling_ratio), bool(aligned))
     iy, wy, gh = _align_axis(rois[:, 2], rois[:, 4], oh, h, spatial_scale, sampling_ratio, aligned)
     ix, wx, gw = _align_axis(rois[:, 1], rois[:, 3], ow, w, spatial_scale, sampling_ratio, aligned)
-    count = (gh * gw).clamp(min=1).to(input.dtype)
+    count = (gh * gw).clamp(min=1).to(rois.dtype)
     batch = rois[:, 0].to(torch.int64)
     # Dense tap layout [K, oh, ow, taps_y, taps_x]; separable weights multiply.
     col = (batch * (h * w))[:, None, None, None, None] + iy[:, :, None, :, None] * w + ix[:, None, :, None, :]
     val = wy[:, :, None, :, None] * wx[:, None, :, None, :] / count[:, None, None, None, None]
     col = col.reshape(k * oh * ow, -1)
     val = val.reshape(k * oh * ow, -1)
-    keep = val != 0  # drop padding / out-of-range taps: rows get their true length
-    crow = torch.zeros(k * oh * ow + 1, dtype=torch.int64, device=input.device)
-    crow[1:] = keep.sum(dim=1).cumsum(0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": fine for sparse @ dense
-        warnings.simplefilter("ignore", UserWarning)
-        matrix = torch.sparse_csr_tensor(
-            crow, col[keep], val[keep], (k * oh * ow, n * h * w), check_invariants=False
-        )
+    keep = val != 0  # drop padding / out-of-range taps: bags get their true length
+    offsets = torch.zeros(k * oh * ow, dtype=torch.int64, device=input.device)
+    offsets[1:] = keep.sum(dim=1).cumsum(0)[:-1]
     features = input.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels-last rows
-    out = torch.sparse.mm(matrix, features)
-    return out.reshape(k, oh, ow, c).permute(0, 3, 1, 2).contiguous()
+    # Each bin is a weighted bag of feature rows: embedding_bag sums them (and its backward
+    # scatters the gradient), with no [bins, taps, C] intermediate.
+    out = F.embedding_bag(col[keep], features, offsets, mode="sum", per_sample_weights=val[keep].to(input.dtype))
+    return out.view(k, oh, ow, c).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+
+
+class _RoIAlignKernel(torch.autograd.Function):
+    """RoI Align through the C++ CPU kernel (resnets/ops/csrc/detection_ops.cpp)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, oh: int, ow: int, spatial_scale: float,  # type: ignore[override]
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        ext = load_extension()
+        rows = input.permute(0, 2, 3, 1).contiguous()  # a view when input is channels-last already
+        out = ext.roi_align_forward(rows, rois, oh, ow, spatial_scale, sampling_ratio, aligned)
+        ctx.save_for_backward(rois)
+        ctx.args = (input.shape, input.dtype, spatial_scale, sampling_ratio, aligned)
+        return out.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: what res5 runs on
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (rois,) = ctx.saved_tensors
+        (n, _, h, w), dtype, spatial_scale, sampling_ratio, aligned = ctx.args
+        g = ctx.needs_input_grad[0] and load_extension().roi_align_backward(
+            grad.permute(0, 2, 3, 1).contiguous(), rois, n, h, w, spatial_scale, sampling_ratio, aligned)
+        return (g.permute(0, 3, 1, 2).to(dtype) if ctx.needs_input_grad[0] else None), None, None, None, None, None, None
+
+
+def _kernel_applies(input: Tensor) -> bool:
+    return (input.device.type == "cpu" and input.dtype in (torch.float32, torch.bfloat16)
+            and not torch.compiler.is_compiling() and load_extension() is not None)
 
 
 def _round_half_away(x: Tensor) -> Tensor:

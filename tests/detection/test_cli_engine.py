@@ -111,12 +111,15 @@ def test_train_resume_eval_predict(tmp_path, voc_root):
 def test_predict_draws_boxes(tmp_path):
     from PIL import Image
 
-    img = torch.zeros(3, 20, 30, dtype=torch.uint8)
-    det = {"boxes": torch.tensor([[2.0, 3, 12, 15]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    img = torch.zeros(3, 120, 160, dtype=torch.uint8)
+    det = {"boxes": torch.tensor([[20.0, 40, 100, 110]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
     engine.draw_detections(img, det, ["thing"], tmp_path / "o.png")
     with Image.open(tmp_path / "o.png") as im:
         arr = torch.from_numpy(__import__("numpy").asarray(im).copy())
-    assert arr[3, 7].sum() > 0 and arr[10, 7].sum() == 0  # top edge drawn, interior below the caption empty
+    assert arr[41, 90].sum() > 0 and arr[109, 60].sum() > 0  # top and bottom edges drawn
+    assert arr[80, 60].sum() == 0  # the box's interior is left alone
+    assert arr[35, 22].sum() > 0  # the caption's label sits on the top edge, above the box
+    assert arr[35, 140].sum() == 0
 
 
 def test_cli_errors(tmp_path):

@@ -1,0 +1,116 @@
+"""The "Real photos" section of docs/detection.md: AP against iterations, Appendix B on/off,
+and a grid of validation photos with their detections.
+
+    python docs/detection/real_photos.py --data PATH --run RUN_DIR [--snapshots DIR] \
+        [--appendix-b] [--out docs/detection]
+
+``--snapshots`` is a folder of copies of RUN_DIR/checkpoints/last.pt taken while the run
+trained (any names); each is evaluated on the run's own validation split (the seeded split of
+a folder without split files) and the curve is drawn from them. ``--appendix-b`` also
+evaluates the final checkpoint with box refinement, multi-scale testing, and both (inference
+options; global context changes training and needs its own run). Writes ap_vs_iterations.png,
+grid.jpg and real_photos.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from resnets.checkpoint import checkpoint_dir, load_checkpoint
+from resnets.detection import VOCDetection, engine
+
+
+def _evaluate(path: Path, val: VOCDetection, overrides: dict | None = None) -> dict:
+    model = engine.load_detector(path, "cpu", overrides)
+    t = time.perf_counter()
+    metrics = engine.evaluate(model, val)
+    metrics["seconds"] = round(time.perf_counter() - t, 1)
+    metrics["iteration"] = int(load_checkpoint(path)["iteration"])
+    return metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="the photo folder (images/ + annotations/)")
+    ap.add_argument("--run", required=True, help="the fine-tune's run directory")
+    ap.add_argument("--snapshots", default=None, help="folder of checkpoint copies taken during training")
+    ap.add_argument("--appendix-b", action="store_true", help="evaluate the Appendix B inference options too")
+    ap.add_argument("--checkpoint", default=None, help="the checkpoint to report (default: RUN_DIR/checkpoints/last.pt)")
+    ap.add_argument("--grid", type=int, default=8, help="validation photos in the picture grid")
+    ap.add_argument("--out", default="docs/detection")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    final = Path(args.checkpoint) if args.checkpoint else checkpoint_dir(args.run) / "last.pt"
+    cfg = load_checkpoint(final)["config"]
+    val = VOCDetection(args.data, "val", cfg["class_names"], split_seed=cfg["seed"])
+    report_path = out / "real_photos.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["validation"] = {"images": len(val), "ids": val.ids}
+
+    curve = {int(r["iteration"]): r for r in report.get("curve", [])}
+    for snap in sorted(Path(args.snapshots).glob("*.pt")) if args.snapshots else []:
+        it = int(load_checkpoint(snap)["iteration"])
+        if it not in curve:
+            curve[it] = _evaluate(snap, val)
+            print(f"iteration {it}: {json.dumps(curve[it])}", flush=True)
+    it = int(load_checkpoint(final)["iteration"])
+    if it not in curve:
+        curve[it] = _evaluate(final, val)
+    report["curve"] = [curve[k] for k in sorted(curve)]
+    report_path.write_text(json.dumps(report, indent=1))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = sorted(curve)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(its, [curve[i]["mAP@0.5"] for i in its], "o-", label="AP@0.5")
+    ax.plot(its, [curve[i]["mAP@0.5 (VOC07 11-point)"] for i in its], "s--", label="AP@0.5, VOC07 11-point")
+    ax.plot(its, [curve[i]["mAP@[.5:.95]"] for i in its], "^-", label="AP@[.5:.95] (COCO-style)")
+    ax.set_xlabel("training iteration (1 image each)")
+    ax.set_ylabel(f"AP on {len(val)} validation photos")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "ap_vs_iterations.png", dpi=110)
+
+    if args.appendix_b:
+        options = {"baseline": {}, "box refinement + voting": {"box_refinement": True},
+                   "multi-scale testing": {"test_scales": [300, 416, 600]},
+                   "both": {"box_refinement": True, "test_scales": [300, 416, 600]}}
+        report["appendix_b"] = {name: _evaluate(final, val, o) for name, o in options.items()}
+        report_path.write_text(json.dumps(report, indent=1))
+
+    # The picture grid: the first validation photos, detections scoring >= 0.5.
+    from PIL import Image
+
+    model = engine.load_detector(final, "cpu")
+    tiles_dir = out / "grid_tiles"
+    paths = [str(p) for p in val.images[: args.grid]]
+    engine.predict(model, paths, tiles_dir, 0.5)
+    tiles = [Image.open(tiles_dir / f"{Path(p).stem}.png").convert("RGB") for p in paths]
+    size = 300
+    cols = 4
+    grid = Image.new("RGB", (cols * size, -(-len(tiles) // cols) * size), "white")
+    for i, tile in enumerate(tiles):
+        tile.thumbnail((size, size))
+        grid.paste(tile, ((i % cols) * size + (size - tile.width) // 2, (i // cols) * size + (size - tile.height) // 2))
+    grid.save(out / "grid.jpg", quality=85)
+    for f in tiles_dir.iterdir():
+        f.unlink()
+    tiles_dir.rmdir()
+    print(json.dumps({k: v for k, v in report.items() if k != "validation"}, indent=1))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()

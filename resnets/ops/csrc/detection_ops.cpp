@@ -1,0 +1,295 @@
+// RoI Align (forward and backward) on channels-last features, and greedy NMS, for the CPU.
+//
+// Why: in the C4 detector's training step RoI Align (512 RoIs, 14x14 bins, C=1024) and the
+// proposal NMS (12,000 boxes) are not convolutions, yet in pure PyTorch they took about half
+// of the step (issue 24, benchmarks/bench_detection.py). Here both are plain loops:
+//
+// - RoI Align follows torchvision's CPU kernel (roi_align_kernel.cpp) sample by sample: each
+//   bin averages grid_h x grid_w bilinear samples, samples more than one pixel outside the map
+//   contribute 0, nearer ones are clamped to the border. The bilinear taps (pixel, weight) of
+//   every bin are computed once, then the forward sums weighted feature rows of C contiguous
+//   channels per bin (parallel over bins), and the backward adds the weighted gradient rows
+//   into the feature gradient (parallel over blocks of channels, so no two threads write the
+//   same element and the sum order is fixed: results do not depend on the thread count).
+//   Features are fp32 or bf16 (what CPU bf16 autocast produces); sums run in fp32.
+// - NMS is torchvision's greedy sweep over boxes sorted by decreasing score, with IoU computed
+//   as torchvision does (inter / (area_i + area_j - inter)), optionally only between boxes of
+//   the same category (batched NMS), stopping after max_output kept boxes.
+//
+// Compiled per host at first use (resnets/ops/detection_kernels.py), like bn_relu.cpp.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t VF = Vec::size();
+
+// Channels per backward task: a block of channels is one task, so writes never collide.
+constexpr int64_t kChannelBlock = 64;
+
+struct Taps {
+  std::vector<int64_t> bin_start;  // [bins + 1] offsets into pixel/weight
+  std::vector<int64_t> pixel;      // row of the channels-last feature map [N * H * W, C]
+  std::vector<float> weight;       // bilinear weight / count
+};
+
+// The bilinear taps of every bin of every RoI, exactly as torchvision's pre_calc_for_bilinear_
+// interpolate: invalid samples get weight 0 (kept, so the layout is fixed per RoI).
+Taps roi_align_taps(const Tensor& rois_t, int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
+                    double spatial_scale_d, int64_t sampling_ratio, bool aligned) {
+  const int64_t k = rois_t.size(0);
+  auto rois = rois_t.accessor<float, 2>();
+  const float spatial_scale = static_cast<float>(spatial_scale_d);
+  const float offset = aligned ? 0.5f : 0.0f;
+  std::vector<int64_t> grid_h(k), grid_w(k), roi_start(k + 1, 0);
+  std::vector<float> start_h(k), start_w(k), bin_h(k), bin_w(k);
+  for (int64_t r = 0; r < k; ++r) {
+    float sw = rois[r][1] * spatial_scale - offset, sh = rois[r][2] * spatial_scale - offset;
+    float ew = rois[r][3] * spatial_scale - offset, eh = rois[r][4] * spatial_scale - offset;
+    float rw = ew - sw, rh = eh - sh;
+    if (!aligned) {  // legacy: force malformed RoIs to be 1x1
+      rw = std::max(rw, 1.0f);
+      rh = std::max(rh, 1.0f);
+    }
+    start_h[r] = sh;
+    start_w[r] = sw;
+    bin_h[r] = rh / pooled_h;
+    bin_w[r] = rw / pooled_w;
+    grid_h[r] = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(rh / pooled_h));
+    grid_w[r] = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(rw / pooled_w));
+    grid_h[r] = std::max<int64_t>(grid_h[r], 0);
+    grid_w[r] = std::max<int64_t>(grid_w[r], 0);
+    roi_start[r + 1] = roi_start[r] + pooled_h * pooled_w * grid_h[r] * grid_w[r] * 4;
+  }
+  Taps taps;
+  const int64_t bins = k * pooled_h * pooled_w;
+  taps.bin_start.resize(bins + 1);
+  taps.pixel.assign(roi_start[k], 0);
+  taps.weight.assign(roi_start[k], 0.0f);
+  for (int64_t r = 0; r < k; ++r) {
+    const int64_t per_bin = grid_h[r] * grid_w[r] * 4;
+    for (int64_t b = 0; b < pooled_h * pooled_w; ++b) taps.bin_start[r * pooled_h * pooled_w + b] = roi_start[r] + b * per_bin;
+  }
+  taps.bin_start[bins] = roi_start[k];
+  at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t batch = static_cast<int64_t>(rois[r][0]);
+      const int64_t gh = grid_h[r], gw = grid_w[r];
+      const float count = static_cast<float>(std::max<int64_t>(gh * gw, 1));
+      int64_t t = roi_start[r];
+      for (int64_t ph = 0; ph < pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < pooled_w; ++pw) {
+          for (int64_t iy = 0; iy < gh; ++iy) {
+            const float yy = start_h[r] + ph * bin_h[r] + (iy + 0.5f) * bin_h[r] / static_cast<float>(gh);
+            for (int64_t ix = 0; ix < gw; ++ix, t += 4) {
+              float y = yy;
+              float x = start_w[r] + pw * bin_w[r] + (ix + 0.5f) * bin_w[r] / static_cast<float>(gw);
+              if (y < -1.0f || y > height || x < -1.0f || x > width) continue;  // weights stay 0
+              if (y <= 0) y = 0;
+              if (x <= 0) x = 0;
+              int64_t y_low = static_cast<int64_t>(y), x_low = static_cast<int64_t>(x), y_high, x_high;
+              if (y_low >= height - 1) {
+                y_high = y_low = height - 1;
+                y = static_cast<float>(y_low);
+              } else {
+                y_high = y_low + 1;
+              }
+              if (x_low >= width - 1) {
+                x_high = x_low = width - 1;
+                x = static_cast<float>(x_low);
+              } else {
+                x_high = x_low + 1;
+              }
+              const float ly = y - y_low, lx = x - x_low, hy = 1.0f - ly, hx = 1.0f - lx;
+              const int64_t base = batch * height * width;
+              taps.pixel[t] = base + y_low * width + x_low;
+              taps.pixel[t + 1] = base + y_low * width + x_high;
+              taps.pixel[t + 2] = base + y_high * width + x_low;
+              taps.pixel[t + 3] = base + y_high * width + x_high;
+              taps.weight[t] = hy * hx / count;
+              taps.weight[t + 1] = hy * lx / count;
+              taps.weight[t + 2] = ly * hx / count;
+              taps.weight[t + 3] = ly * lx / count;
+            }
+          }
+        }
+      }
+    }
+  });
+  return taps;
+}
+
+inline Vec load(const float* p) { return Vec::loadu(p); }
+inline Vec load(const c10::BFloat16* p) {
+  Vec v;
+  at::vec::load_fp32_from_bf16(p, v);
+  return v;
+}
+inline void store(float* p, const Vec& v) { v.store(p); }
+inline void store(c10::BFloat16* p, const Vec& v) { at::vec::convert_float_bfloat16(v, v).store(p, VF); }
+
+// out[b, :] = sum over the bin's taps of weight * in[pixel, :]. Channels go in blocks of
+// kRegs vectors held in registers across the taps; a scalar loop takes the remainder.
+template <typename scalar_t>
+void gather_bins(const Taps& taps, const scalar_t* in, scalar_t* out, int64_t bins, int64_t c) {
+  constexpr int64_t kRegs = 8;
+  const int64_t vec_end = c - c % (kRegs * VF);
+  at::parallel_for(0, bins, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t t0 = taps.bin_start[b], t1 = taps.bin_start[b + 1];
+      scalar_t* o = out + b * c;
+      for (int64_t c0 = 0; c0 < vec_end; c0 += kRegs * VF) {
+        Vec acc[kRegs];
+        for (int64_t r = 0; r < kRegs; ++r) acc[r] = Vec(0.0f);
+        for (int64_t t = t0; t < t1; ++t) {
+          const float w = taps.weight[t];
+          if (w == 0.0f) continue;
+          const Vec wv(w);
+          const scalar_t* row = in + taps.pixel[t] * c + c0;
+          for (int64_t r = 0; r < kRegs; ++r) acc[r] = at::vec::fmadd(wv, load(row + r * VF), acc[r]);
+        }
+        for (int64_t r = 0; r < kRegs; ++r) store(o + c0 + r * VF, acc[r]);
+      }
+      for (int64_t j = vec_end; j < c; ++j) {
+        float acc = 0.0f;
+        for (int64_t t = t0; t < t1; ++t) acc += taps.weight[t] * static_cast<float>(in[taps.pixel[t] * c + j]);
+        o[j] = static_cast<scalar_t>(acc);
+      }
+    }
+  });
+}
+
+// grad_in[pixel, :] += weight * grad[b, :] over all taps; one task per block of channels.
+template <typename scalar_t>
+void scatter_bins(const Taps& taps, const scalar_t* grad, float* grad_in, int64_t bins, int64_t c) {
+  const int64_t blocks = (c + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock);
+      const bool full = c1 - c0 == kChannelBlock;
+      for (int64_t b = 0; b < bins; ++b) {
+        const scalar_t* g = grad + b * c + c0;
+        Vec gv[kChannelBlock / VF];
+        if (full) {
+          for (int64_t r = 0; r < kChannelBlock / VF; ++r) gv[r] = load(g + r * VF);
+        }
+        for (int64_t t = taps.bin_start[b]; t < taps.bin_start[b + 1]; ++t) {
+          const float w = taps.weight[t];
+          if (w == 0.0f) continue;
+          float* dst = grad_in + taps.pixel[t] * c + c0;
+          if (full) {
+            const Vec wv(w);
+            for (int64_t r = 0; r < kChannelBlock / VF; ++r) {
+              at::vec::fmadd(wv, gv[r], Vec::loadu(dst + r * VF)).store(dst + r * VF);
+            }
+          } else {
+            for (int64_t j = 0; j < c1 - c0; ++j) dst[j] += w * static_cast<float>(g[j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_rois(const Tensor& rois) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5 && rois.scalar_type() == at::kFloat && rois.is_contiguous(),
+              "rois must be a contiguous float32 Tensor[K, 5]");
+}
+
+// input: [N, H, W, C] contiguous (channels-last rows), fp32 or bf16. Returns [K, oh, ow, C].
+Tensor roi_align_forward(const Tensor& input, const Tensor& rois, int64_t pooled_h, int64_t pooled_w,
+                         double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(), "input must be a contiguous [N, H, W, C] tensor");
+  check_rois(rois);
+  const int64_t h = input.size(1), w = input.size(2), c = input.size(3), k = rois.size(0);
+  Tensor out = at::empty({k, pooled_h, pooled_w, c}, input.options());
+  Taps taps = roi_align_taps(rois, h, w, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned);
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16, "input must be fp32 or bf16");
+  if (input.scalar_type() == at::kFloat) {
+    gather_bins<float>(taps, input.data_ptr<float>(), out.data_ptr<float>(), k * pooled_h * pooled_w, c);
+  } else {
+    gather_bins<c10::BFloat16>(taps, input.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), k * pooled_h * pooled_w, c);
+  }
+  return out;
+}
+
+// grad: [K, oh, ow, C] contiguous. Returns the fp32 gradient of the [N, H, W, C] input.
+Tensor roi_align_backward(const Tensor& grad, const Tensor& rois, int64_t n, int64_t h, int64_t w,
+                          double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  TORCH_CHECK(grad.dim() == 4 && grad.is_contiguous(), "grad must be a contiguous [K, oh, ow, C] tensor");
+  check_rois(rois);
+  const int64_t k = grad.size(0), pooled_h = grad.size(1), pooled_w = grad.size(2), c = grad.size(3);
+  Tensor grad_in = at::zeros({n, h, w, c}, grad.options().dtype(at::kFloat));
+  Taps taps = roi_align_taps(rois, h, w, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned);
+  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16, "grad must be fp32 or bf16");
+  if (grad.scalar_type() == at::kFloat) {
+    scatter_bins<float>(taps, grad.data_ptr<float>(), grad_in.data_ptr<float>(), k * pooled_h * pooled_w, c);
+  } else {
+    scatter_bins<c10::BFloat16>(taps, grad.data_ptr<c10::BFloat16>(), grad_in.data_ptr<float>(), k * pooled_h * pooled_w, c);
+  }
+  return grad_in;
+}
+
+// boxes: [N, 4] float32, sorted by decreasing score; categories: [N] int64 or empty (one
+// category). Returns the kept positions (int64), in order.
+Tensor nms_sorted(const Tensor& boxes, const Tensor& categories, double iou_threshold, int64_t max_output) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4 && boxes.scalar_type() == at::kFloat, "boxes must be float32 [N, 4]");
+  const int64_t n = boxes.size(0);
+  const bool batched = categories.numel() > 0;
+  TORCH_CHECK(!batched || (categories.numel() == n && categories.scalar_type() == at::kLong), "categories must be int64 [N]");
+  Tensor b = boxes.contiguous();
+  const float* p = b.data_ptr<float>();
+  std::vector<float> x1(n), y1(n), x2(n), y2(n), area(n);
+  std::vector<int64_t> cat(n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    x1[i] = p[4 * i];
+    y1[i] = p[4 * i + 1];
+    x2[i] = p[4 * i + 2];
+    y2[i] = p[4 * i + 3];
+    area[i] = (x2[i] - x1[i]) * (y2[i] - y1[i]);
+  }
+  if (batched) {
+    Tensor cc = categories.contiguous();
+    std::copy(cc.data_ptr<int64_t>(), cc.data_ptr<int64_t>() + n, cat.begin());
+  }
+  const float thr = static_cast<float>(iou_threshold);
+  const int64_t limit = max_output < 0 ? n : std::min(max_output, n);
+  std::vector<uint8_t> removed(n, 0);
+  std::vector<int64_t> keep;
+  keep.reserve(limit);
+  for (int64_t i = 0; i < n && static_cast<int64_t>(keep.size()) < limit; ++i) {
+    if (removed[i]) continue;
+    keep.push_back(i);
+    const float ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], ia = area[i];
+    const int64_t ic = cat[i];
+    // Branch-free over j (vectorised by the compiler); removed boxes are tested again harmlessly.
+    for (int64_t j = i + 1; j < n; ++j) {
+      const float iw = std::max(0.0f, std::min(ix2, x2[j]) - std::max(ix1, x1[j]));
+      const float ih = std::max(0.0f, std::min(iy2, y2[j]) - std::max(iy1, y1[j]));
+      const float inter = iw * ih;
+      const float iou = inter / (ia + area[j] - inter);  // nan (two empty boxes) compares false
+      removed[j] |= static_cast<uint8_t>((iou > thr) & (cat[j] == ic));
+    }
+  }
+  Tensor out = at::empty({static_cast<int64_t>(keep.size())}, at::kLong);
+  std::copy(keep.begin(), keep.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("roi_align_forward", &roi_align_forward, "RoI Align forward on [N, H, W, C] features");
+  m.def("roi_align_backward", &roi_align_backward, "RoI Align backward; fp32 [N, H, W, C] gradient");
+  m.def("nms_sorted", &nms_sorted, "greedy NMS over score-sorted boxes");
+}
