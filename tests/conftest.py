@@ -149,9 +149,9 @@ def serve():
 
 @pytest.fixture
 def serve_pretrained(serve, monkeypatch, tmp_path):
-    """`serve_pretrained(name, tag, file, sha256=None) -> LocalServer`: the registry entry
-    (name, tag) then downloads `file` from a local server (with `sha256` as its published
-    hash, if given), into a cache folder of this test's own."""
+    """`serve_pretrained(name, tag, file, sha256=None, md5=None) -> LocalServer`: the registry
+    entry (name, tag) then downloads `file` from a local server (with `sha256` or `md5` as its
+    published hash, if given), into a cache folder of this test's own."""
     import dataclasses
 
     from resnets.models.pretrained import PRETRAINED
@@ -161,11 +161,11 @@ def serve_pretrained(serve, monkeypatch, tmp_path):
     server = serve(folder)
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
 
-    def start(name: str, tag: str, file: Path, sha256: str | None = None) -> LocalServer:
+    def start(name: str, tag: str, file: Path, sha256: str | None = None, md5: str | None = None) -> LocalServer:
         entry = PRETRAINED[(name, tag)]
         shutil.copy(file, folder / entry.filename)
         monkeypatch.setitem(PRETRAINED, (name, tag), dataclasses.replace(
-            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256))
+            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256, md5=md5 or entry.md5))
         return server
 
     return start
