@@ -287,7 +287,8 @@ def _check_stem(layers: _Layers) -> None:
     pools = by_class.get("MaxPooling2D", [])
     if [p for _, p in pads] != [[3, 3, 3, 3], [1, 1, 1, 1]]:
         raise layers.fail(f"expected zero padding of 3 before conv1 and of 1 before the max pooling, found "
-                          f"{pads or 'none'} (a max pooling without padding, as Keras before 2.2.3, is not ours)")
+                          f"{pads or 'none'} (a max pooling without padding, as early keras_applications built "
+                          "it, is not ours)")
     if len(pools) != 1 or (tuple(pools[0][1].get("pool_size", ())), tuple(pools[0][1].get("strides", ())),
                            pools[0][1].get("padding")) != ((3, 3), (2, 2), "valid"):
         raise layers.fail(f"expected one 3x3/2 max pooling, found {[name for name, _ in pools]}")
