@@ -95,8 +95,8 @@ def model_from_file(path: str | os.PathLike, name: str | None = None) -> tuple[R
     run's `model.safetensors` or training checkpoint, or a file from elsewhere, converted).
     Returns (model, info): info["model"] is the model config, info["run"] the training run's
     config (None for weights from elsewhere). `name`: the network expected; another is refused."""
-    net, config, run = _load(path, name, None, None, None, {})
-    return net, {"model": config, **run}
+    net, config, about_run = _load(path, name, None, None, None, {})
+    return net, {"model": config, **about_run}
 
 
 def create_model(

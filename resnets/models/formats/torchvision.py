@@ -31,7 +31,6 @@ import re
 import warnings
 from typing import Any, Literal, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
 from ...errors import CheckpointError, ConfigError
