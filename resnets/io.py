@@ -44,6 +44,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as e:
+        if tmp in (e.filename, e.filename2):  # name the file the caller asked for, not the hidden temp file
+            raise type(e)(e.errno, e.strerror, os.fspath(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -14,6 +14,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG_ENV = "RESNETS_CIFAR10_JPEG"
 PEER_WEIGHTS_ENV = "RESNETS_PEER_WEIGHTS"
+KERAS_TFJS_ENV = "RESNETS_KERAS_TFJS"
+IMAGENET_SAMPLE_ENV = "RESNETS_IMAGENET_SAMPLE"
 
 
 def write_tiny_cifar(root: Path, per_class: int = 20, classes: int = 10, seed: int = 0) -> Path:
@@ -57,6 +59,26 @@ def peer_weights() -> Path:
     path = Path(os.environ.get(PEER_WEIGHTS_ENV, REPO.parent / "shared" / "peer-weights"))
     if not (path / "akamaster-resnet20-12fca82f.th").is_file():
         pytest.fail(f"published checkpoints not found in {path}; set {PEER_WEIGHTS_ENV} to the peer-weights folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_tfjs() -> Path:
+    """Keras Applications' ImageNet ResNet-50 in the TF.js layers format, as published
+    (../shared/weights/keras-resnet50-tfjs, see its README; RESNETS_KERAS_TFJS for another copy)."""
+    path = Path(os.environ.get(KERAS_TFJS_ENV, REPO.parent / "shared" / "weights" / "keras-resnet50-tfjs"))
+    if not (path / "model.json").is_file():
+        pytest.fail(f"the Keras ResNet-50 (TF.js) was not found in {path}; set {KERAS_TFJS_ENV} to its folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    """500 real ImageNet photos named <synset>_<name>.JPEG, with synsets.txt
+    (../shared/data/imagenet-sample, see its README; RESNETS_IMAGENET_SAMPLE for another copy)."""
+    path = Path(os.environ.get(IMAGENET_SAMPLE_ENV, REPO.parent / "shared" / "data" / "imagenet-sample"))
+    if not (path / "synsets.txt").is_file():
+        pytest.fail(f"the ImageNet sample was not found in {path}; set {IMAGENET_SAMPLE_ENV} to its folder")
     return path
 
 
@@ -127,9 +149,9 @@ def serve():
 
 @pytest.fixture
 def serve_pretrained(serve, monkeypatch, tmp_path):
-    """`serve_pretrained(name, tag, file, sha256=None) -> LocalServer`: the registry entry
-    (name, tag) then downloads `file` from a local server (with `sha256` as its published
-    hash, if given), into a cache folder of this test's own."""
+    """`serve_pretrained(name, tag, file, sha256=None, md5=None) -> LocalServer`: the registry
+    entry (name, tag) then downloads `file` from a local server (with `sha256` or `md5` as its
+    published hash, if given), into a cache folder of this test's own."""
     import dataclasses
 
     from resnets.models.pretrained import PRETRAINED
@@ -139,11 +161,11 @@ def serve_pretrained(serve, monkeypatch, tmp_path):
     server = serve(folder)
     monkeypatch.setenv("RESNETS_CACHE", str(tmp_path / "cache"))
 
-    def start(name: str, tag: str, file: Path, sha256: str | None = None) -> LocalServer:
+    def start(name: str, tag: str, file: Path, sha256: str | None = None, md5: str | None = None) -> LocalServer:
         entry = PRETRAINED[(name, tag)]
         shutil.copy(file, folder / entry.filename)
         monkeypatch.setitem(PRETRAINED, (name, tag), dataclasses.replace(
-            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256))
+            entry, url=f"{server.url}/{entry.filename}", sha256=sha256 or entry.sha256, md5=md5 or entry.md5))
         return server
 
     return start

@@ -161,8 +161,9 @@ def test_readme_says_what_needs_a_download_the_cache_and_the_image_size(tmp_path
     offline = readme[readme.index("Offline, everything runs"):]
     offline = offline[:offline.index("by hand.")]
     assert shipped == {"cifar10-jpeg"} and "the shipped `cifar10-jpeg` networks" in offline
-    assert {"torchvision-imagenet1k-v1", "torchvision-imagenet1k-v2", "akamaster-cifar10"} == downloaded
+    assert {"torchvision-imagenet1k-v1", "torchvision-imagenet1k-v2", "akamaster-cifar10", "keras-imagenet"} == downloaded
     assert "`torchvision-imagenet1k-v1`/`v2`" in offline and "`akamaster-cifar10`" in offline
+    assert "`keras-imagenet`" in offline
     assert "`$RESNETS_CACHE`" in readme and "`~/.cache/resnets`" in readme
     assert default_cache_dir().name == "resnets"
     assert f"{round(50_000 * 3 * 32 * 32 / 1e6)} MB for the 50k images" in readme  # uint8, 3x32x32 each

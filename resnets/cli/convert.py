@@ -3,9 +3,10 @@
 The result carries the network, its input normalisation and its model config, so
 `resnets.create_model(NAME, weights=OUT)`, `resnets eval --checkpoint OUT` and
 `resnets predict --checkpoint OUT` work on it. Understood: torchvision-format ResNets,
-akamaster/pytorch_resnet_cifar10 checkpoints, resnets training checkpoints, and the
-authors' Caffe models (SRC a .caffemodel with --prototxt and --mean-file). See
-`resnets.models.convert` and `resnets.models.caffe`.
+akamaster/pytorch_resnet_cifar10 checkpoints, resnets training checkpoints, the authors'
+Caffe models (SRC a .caffemodel with --prototxt and --mean-file), and Keras Applications'
+ResNet-50/101/152 (SRC a TF.js folder or its model.json, or a Keras .h5). See
+`resnets.models.formats`.
 """
 
 from __future__ import annotations
@@ -25,48 +26,35 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.loading import convert_weights
+
     if args.dst is not None:
         print("resnets: convert SRC DST is deprecated; use convert SRC --out DST", file=sys.stderr)
     out = args.out or args.dst
     if out is None:
         raise ConfigError("--out is required: the resnets weights file to write")
     prepare_out(out, "file")
-    if args.format == "caffe" or (args.format == "auto" and args.src.endswith(".caffemodel")):
-        from ..models.caffe import convert_caffe_weights
-
-        given = [flag for flag, value in (("--model", args.model), ("--stride-in-1x1/--stride-in-3x3", args.stride_in_1x1),
-                                          ("--normalization", args.normalization), ("--mean", args.mean),
-                                          ("--std", args.std)) if value is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)}: not used with Caffe models, whose prototxt and mean file say it all")
-        if not args.prototxt or not args.mean_file:
-            raise ConfigError("Caffe models need --prototxt (the deploy prototxt) and --mean-file (the mean image "
-                              "the authors subtract, ResNet_mean.binaryproto)")
-        config = convert_caffe_weights(args.prototxt, args.src, args.mean_file, out)
-    else:
-        from ..models.loading import convert_weights
-
-        if args.prototxt or args.mean_file:
-            raise ConfigError("--prototxt/--mean-file: only for Caffe models (SRC a .caffemodel)")
-        config = convert_weights(args.src, out, source=args.format, model=args.model,
-                                 stride_in_1x1=args.stride_in_1x1, normalization=args.normalization,
-                                 mean=args.mean, std=args.std)
-    summary = {k: v for k, v in config.items() if k not in ("classes", "class_names")}
+    config = convert_weights(args.src, out, source=args.format, model=args.model, stride_in_1x1=args.stride_in_1x1,
+                             normalization=args.normalization, mean=args.mean, std=args.std,
+                             prototxt=args.prototxt, mean_file=args.mean_file)
+    summary = {k: v for k, v in config.items() if k not in ("classes", "class_names", "synsets")}
     report(args, {"written": out, "model": summary}, f"wrote {out} ({config['name']})")
     return 0
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="convert torchvision, akamaster CIFAR or the authors' Caffe ResNet weights",
+    p = subparsers.add_parser("convert", help="convert torchvision, akamaster CIFAR, the authors' Caffe or Keras ResNet weights",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="a .pth/.pt/.th checkpoint (bare state dict, or under 'state_dict'/'model'/'net'), "
-                               "a .safetensors file, or a Caffe .caffemodel")
+                               "a .safetensors file, a Caffe .caffemodel, or Keras weights (a TF.js folder or "
+                               "model.json, a .h5)")
     p.add_argument("dst", nargs="?", help=argparse.SUPPRESS)  # the spelling before --out, still accepted
     p.add_argument("--out", metavar="FILE", help="the resnets weights file to write, e.g. model.safetensors")
-    p.add_argument("--format", choices=["auto", "torchvision", "akamaster", "caffe"], default="auto",
-                   help="auto: classifier 'fc' means torchvision, 'linear' akamaster/pytorch_resnet_cifar10, "
-                        "a .caffemodel Caffe")
-    p.add_argument("--model", metavar="NAME", help="resnets model name (default: inferred from the layers)")
+    p.add_argument("--format", choices=["auto", "torchvision", "akamaster", "caffe", "keras"], default="auto",
+                   help="auto: a .caffemodel is Caffe, a folder with model.json, a .json or .h5 Keras; for state "
+                        "dicts classifier 'fc' means torchvision, 'linear' akamaster/pytorch_resnet_cifar10")
+    p.add_argument("--model", metavar="NAME", help="resnets model name (default: inferred from the layers; a file "
+                                                   "holding another network is refused)")
     # The same pair, with the same default, as `resnets train`.
     stride = p.add_mutually_exclusive_group()
     stride.add_argument("--stride-in-1x1", dest="stride_in_1x1", action="store_const", const=True, default=None,

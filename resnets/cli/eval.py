@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.loading import model_from_file
     from ..runtime import Runtime, resolve_device, resolve_precision
 
-    loaded = [model_from_file(p) for p in args.checkpoint or []]
+    # The one loader: any weights file (converted on the fly), refused if it holds another --model.
+    loaded = [model_from_file(p, args.model) for p in args.checkpoint or []]
     if args.weights is not None or not loaded:
         net, config = network_from_args(args.model, args.weights, None)
         loaded.append((net, {"model": config, "run": None}))
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, runtime, args.batch_size or 50,
                                    4 if args.workers is None else args.workers, args.skip_bad_images,
-                                   loaded[0][1]["model"].get("classes"), cache_dir=args.cache_dir)
+                                   loaded[0][1]["model"], cache_dir=args.cache_dir)
     result["checkpoints"] = list(args.checkpoint or [])
     if args.weights is not None:
         result["weights"] = f"{args.model}:{args.weights}"
@@ -67,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1/top-5 error of trained networks on a data split",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoints(p, "a training checkpoint (.pt) or a model.safetensors; repeat --checkpoint for an ensemble "
-                       "(softmax scores averaged, Table 5)", required=False)
+    add_checkpoints(p, "a training checkpoint (.pt), a model.safetensors, or weights from elsewhere that `resnets "
+                       "convert` reads (converted on the fly); repeat --checkpoint for an ensemble (softmax scores "
+                       "averaged, Table 5)", required=False)
     add_model_weights(p)
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], help="default: the one the model was trained on")
     p.add_argument("--data", required=True, metavar="PATH", help="the data set location (any form training accepts)")

@@ -108,7 +108,8 @@ def add_checkpoints(parser, help: str, required: bool = True) -> None:
 def add_model_weights(parser) -> None:
     """`--model NAME --weights TAG`: named pretrained weights, the alternative to `--checkpoint FILE`
     (read by `eval.predict.network_from_args`, the one loader behind eval, predict and export)."""
-    parser.add_argument("--model", metavar="NAME", help="the network (with --weights; optional with --checkpoint)")
+    parser.add_argument("--model", metavar="NAME", help="the network whose --weights TAG to use; with --checkpoint, "
+                        "the network the files must hold (optional)")
     parser.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model instead of --checkpoint, "
                                                          "downloaded on first use (tags: `resnets predict -h`)")
 

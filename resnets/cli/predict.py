@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError, DataError
-from .options import add_checkpoints, add_device, add_json, report
+from .options import add_checkpoints, add_device, add_json, add_model_weights, report
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,8 +80,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=f"pretrained weights tags: {', '.join(tags)} (see docs/pretrained.md)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
-    p.add_argument("--model", metavar="NAME", help="the network (with --weights; optional with --checkpoint)")
-    p.add_argument("--weights", metavar="TAG", help="named pretrained weights of --model, downloaded on first use")
+    add_model_weights(p)
     add_checkpoints(p, "a model.safetensors or training checkpoint, or a checkpoint `resnets convert` understands; "
                        "repeat --checkpoint for an ensemble", required=False)
     p.add_argument("--top", type=int, default=5, help="how many classes to show per image (default: %(default)s)")

@@ -205,8 +205,10 @@ class ImageFolder(torch.utils.data.Dataset):
     Args:
         root: directory holding one folder per class.
         transform: per-sample transform taking a PIL RGB image (see ``resnets.data.transforms``).
-        classes: class names defining the indices (pass ``train.classes`` for ``val``); folders
-            not in it are an error, classes without a folder are allowed. Default: sorted folders.
+        classes: class names defining the indices (pass ``train.classes`` for ``val``, or the
+            synsets a network's weights record); folders not in it are an error, classes without
+            a folder are allowed. Default: sorted folders.
+        classes_described: what `classes` are, for that error.
         skip_bad_images: an undecodable file is logged, counted (:attr:`num_bad_images`, shared
             with workers) and returned as ``(None, target)``; use :func:`skip_bad_collate` to drop
             it. Otherwise it raises :class:`DataError` naming the file.
@@ -223,6 +225,7 @@ class ImageFolder(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         *,
         classes: Sequence[str] | None = None,
+        classes_described: str = "training classes",
         skip_bad_images: bool = False,
         cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
@@ -254,7 +257,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if unknown:
             raise DataError(
                 f"{self.root}: class folders {unknown[:5]}{'...' if len(unknown) > 5 else ''} are not among the "
-                f"{len(self.classes)} training classes"
+                f"{len(self.classes)} {classes_described}"
             )
         paths = [f"{c}/{f}" for c, fs in zip(folder_classes, files) for f in fs]
         targets = [self.class_to_idx[c] for c, fs in zip(folder_classes, files) for _ in fs]

@@ -26,29 +26,37 @@ def evaluate_cifar(models, path: str, split: str, val_size: int, split_seed: int
     return result
 
 
-def imagenet_classes(path: str, model_classes: list[str] | None) -> list[str] | None:
-    """The class order the labels must follow: the model's training classes if it recorded them,
-    else ROOT/train's folders (val may lack some classes), else None (val's own folders)."""
+def imagenet_classes(path: str, model_config: dict[str, Any] | None) -> tuple[list[str] | None, str]:
+    """The class order the labels must follow, and what it is, for messages: the classes the
+    network was trained on if its weights record them (a run's `classes`; the `synsets` of
+    ImageNet weights from elsewhere), else ROOT/train's folders (val may lack some classes),
+    else None (val's own folders)."""
     import os
 
-    if model_classes:
-        return list(model_classes)
+    config = model_config or {}
+    if config.get("classes"):
+        return list(config["classes"]), "classes the network was trained on"
+    if config.get("synsets"):
+        return list(config["synsets"]), "ImageNet synsets of the network's classes"
     train = os.path.join(path, "train")
     if os.path.isdir(train):
-        return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith("."))
-    return None
+        return sorted(e.name for e in os.scandir(train) if e.is_dir() and not e.name.startswith(".")), \
+            f"class folders of {train}"
+    return None, "class folders"
 
 
 def evaluate_imagenet(models, path: str, split: str, protocol: str, runtime: Runtime, batch_size: int,
-                      workers: int, skip_bad_images: bool, classes: list[str] | None = None,
+                      workers: int, skip_bad_images: bool, model_config: dict[str, Any] | None = None,
                       cache_dir: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 error on ROOT/<split>/<class>/*; the folders may hold any subset of the
+    classes, numbered by the network's own class list (`imagenet_classes`)."""
     from ..data.imagenet import ImageFolder
 
     if split not in ("val", "train"):
         raise ConfigError(f"--split: ImageNet folders have 'val' and 'train', got {split!r}")
-    dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol),
-                          classes=imagenet_classes(path, classes), skip_bad_images=skip_bad_images,
-                          cache_dir=cache_dir)
+    classes, described = imagenet_classes(path, model_config)
+    dataset = ImageFolder(Path(path) / split, transform=protocol_transform(protocol), classes=classes,
+                          classes_described=described, skip_bad_images=skip_bad_images, cache_dir=cache_dir)
     result = evaluate_protocol(models, dataset, protocol, batch_size, runtime, num_workers=workers)
     result.update(split=split, dataset="imagenet", protocol=protocol)
     return result

@@ -1,6 +1,7 @@
 """A network from a config, a file or a pretrained-weights tag, with the input normalisation it
-was trained with: `create_model(name, weights=...)`, `model_from_file`, `load_network`, and
-`convert_weights` (behind `resnets convert`; the formats are those of `resnets.models.convert`).
+was trained with: `create_model(name, weights=...)`, `model_from_file`, `load_network` (the one
+loader every command uses), and `convert_weights` (behind `resnets convert`; files from elsewhere
+are read by `resnets.models.formats`).
 
 The normalisation is part of the network (`ResNet.input_norm`, applied first) and is given
 to it once, when it is built (`create_model(..., input_norm=...)`):
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
@@ -26,15 +27,15 @@ from ..checkpoint import load_checkpoint
 from ..config import ModelConfig, from_dict
 from ..errors import CheckpointError, ConfigError
 from ..io import load_torch_file
-from .convert import Normalization, SourceFormat, build_network, convert_state_dict, registry_config
 from .factory import model_spec
+from .formats import convert_file, file_format
+from .formats.common import build_network, registry_config
 from .normalize import Normalize, NormalizationKind, split_normalization
-from .pretrained import PretrainedWeights, find_by_sha256, is_tag, pretrained_weights, tags_for, weights_file
+from .pretrained import is_tag, pretrained_weights, tags_for, weights_file
 from .resnet import ResNet, Shortcut
 from .weights import (
-    has_bottlenecks, load_state_dict, read_state_dict, read_weights_config, read_weights_metadata,
-    read_weights_normalization, save_weights, state_dict_from, strip_wrapper_prefixes,
-    warn_if_stride_differs,
+    has_bottlenecks, load_state_dict, read_weights_config, read_weights_metadata, read_weights_normalization,
+    save_weights, state_dict_from, warn_if_stride_differs,
 )
 
 
@@ -89,36 +90,13 @@ def checkpoint_network(state: Mapping[str, Any], kind: NormalizationKind | None 
     return network, norm
 
 
-def model_from_file(path: str | os.PathLike) -> tuple[ResNet, dict[str, Any]]:
-    """A trained network, ready for inference, from a training checkpoint (.pt) or a
-    `model.safetensors` written by a run. Returns (model, info) where info holds the model
-    config and the run's config."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        model_config = read_weights_config(path)
-        if "name" not in model_config:
-            raise CheckpointError(f"{path}: not a resnets weights file (no model config in its metadata); "
-                                  "use `resnets convert` for weights from elsewhere")
-        model = create_model(model_config["name"], num_classes=model_config.get("num_classes"),
-                             shortcut=model_config.get("shortcut"),
-                             stride_in_1x1=model_config.get("stride_in_1x1", True), weights=str(path))
-        return model, {"model": model_config, "run": read_weights_metadata(path).get("config")}
-    state = load_checkpoint(path)
-    try:
-        config = from_dict(state["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {path} holds an unreadable config: {e}") from None
-    m = config.model
-    try:
-        network, norm = checkpoint_network(state, m.normalization)
-    except (CheckpointError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: {e}") from None
-    num_classes = network["fc.weight"].shape[0]
-    model = create_model(m.name, num_classes=num_classes, shortcut=m.shortcut, stride_in_1x1=m.stride_in_1x1,
-                         input_norm=norm)
-    load_state_dict(model, network)
-    return model, {"model": {"name": m.name, "num_classes": num_classes}, "run": state["config"],
-                   "iteration": state["iteration"]}
+def model_from_file(path: str | os.PathLike, name: str | None = None) -> tuple[ResNet, dict[str, Any]]:
+    """A trained network, ready for inference, from any weights file `load_network` reads (a
+    run's `model.safetensors` or training checkpoint, or a file from elsewhere, converted).
+    Returns (model, info): info["model"] is the model config, info["run"] the training run's
+    config (None for weights from elsewhere). `name`: the network expected; another is refused."""
+    net, config, about_run = _load(path, name, None, None, None, {})
+    return net, {"model": config, **about_run}
 
 
 def create_model(
@@ -143,7 +121,7 @@ def create_model(
     weights: a tag of `resnets.models.pretrained` (e.g. "torchvision-imagenet1k-v1",
         "akamaster-cifar10", "cifar10-jpeg"; downloaded and checked on first use), a
         `model.safetensors` or training checkpoint written by resnets, or a checkpoint from
-        elsewhere in torchvision's or akamaster's layout (see `resnets.models.convert`).
+        elsewhere (torchvision, akamaster, Caffe, Keras; see `resnets.models.formats`).
         The network then also gets the input normalisation the weights were trained with.
     normalize_input: False builds the network without its input normalisation, for callers
         who normalise their tensors themselves (e.g. with torchvision's transforms). It then
@@ -182,45 +160,32 @@ def _is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and {"model", "config", "iteration"} <= set(obj)
 
 
-def convert_file(path: str | os.PathLike, *, source: SourceFormat = "auto", model: str | None = None,
-                 stride_in_1x1: bool | None = None, normalization: Normalization | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 known: PretrainedWeights | None = None) -> tuple[ResNet, dict[str, Any]]:
-    """A network from a checkpoint that is not a resnets weights file (see the module docstring).
-
-    A published file is recognised by its sha256 (`resnets.models.pretrained`) unless
-    `known` already says what it is.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state_dict = read_state_dict(path)
-    else:
-        obj = load_torch_file(path, "weights file")
-        if _is_training_checkpoint(obj):
-            # The run's own normalisation (the per-pixel mean image) comes with it.
-            if normalization is not None or mean is not None or std is not None:
-                raise ConfigError(f"--normalization/--mean/--std: {path} is a resnets training checkpoint; its own "
-                                  "input normalisation is kept and cannot be replaced")
-            net, info = model_from_file(path)
-            run = info["run"]["model"]
-            if model and model != run["name"]:
-                raise CheckpointError(f"{path} holds weights of {run['name']}, not {model}")
-            if stride_in_1x1 is not None and has_bottlenecks(net) and stride_in_1x1 != run.get("stride_in_1x1", True):
-                raise ConfigError(f"--stride-in-1x1/--stride-in-3x3: {path} is a training checkpoint, loaded with the "
-                                  "stride placement it was trained with")
-            config = {"name": run["name"], "num_classes": info["model"]["num_classes"],
-                      "shortcut": run.get("shortcut") or model_spec(run["name"]).default_shortcut,
-                      "stride_in_1x1": run.get("stride_in_1x1", True),
-                      "normalization": net.input_norm.kind if net.input_norm else "none"}
-            return net.eval(), config
-        state_dict = state_dict_from(obj, path)
-    split_normalization(strip_wrapper_prefixes(state_dict), str(path))  # a half-stored one is named with its file
-    if known is None:
-        from ..data.download import file_digest
-
-        known = find_by_sha256(file_digest(path, "sha256"))
-    return convert_state_dict(state_dict, source=source, model=model, stride_in_1x1=stride_in_1x1,
-                              normalization=normalization, mean=mean, std=std, known=known)
+def _from_training_checkpoint(path: Path, name: str | None, stride_in_1x1: bool | None,
+                              ) -> tuple[ResNet, dict[str, Any], dict[str, Any]]:
+    """A run's checkpoint: the network with the run's own normalisation (the per-pixel mean image),
+    its model config, and {"run": the run's config, "iteration": where it stopped}."""
+    state = load_checkpoint(path)
+    try:
+        run = from_dict(state["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {path} holds an unreadable config: {e}") from None
+    m = run.model
+    if name and name != m.name:
+        raise CheckpointError(f"{path} holds weights of {m.name}, not {name}")
+    try:
+        network, norm = checkpoint_network(state, m.normalization)
+    except (CheckpointError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    num_classes = network["fc.weight"].shape[0]
+    model = create_model(m.name, num_classes=num_classes, shortcut=m.shortcut, stride_in_1x1=m.stride_in_1x1,
+                         input_norm=norm)
+    if stride_in_1x1 is not None and has_bottlenecks(model) and stride_in_1x1 != m.stride_in_1x1:
+        raise ConfigError(f"--stride-in-1x1/--stride-in-3x3: {path} is a training checkpoint, loaded with the "
+                          "stride placement it was trained with")
+    load_state_dict(model, network)
+    config = {"name": m.name, "num_classes": num_classes, "shortcut": m.shortcut or model_spec(m.name).default_shortcut,
+              "stride_in_1x1": m.stride_in_1x1, "normalization": model.input_norm.kind if model.input_norm else "none"}
+    return model.eval(), config, {"run": state["config"], "iteration": state["iteration"]}
 
 
 def _from_resnets_file(path: Path, config: dict[str, Any], name: str | None, num_classes: int | None,
@@ -230,48 +195,93 @@ def _from_resnets_file(path: Path, config: dict[str, Any], name: str | None, num
     recorded = config.get("stride_in_1x1")
     placement = stride_in_1x1 if stride_in_1x1 is not None else (recorded if recorded is not None else True)
     net = build_network(config["name"], num_classes or config.get("num_classes"), shortcut or config.get("shortcut"),
-                 placement, read_weights_normalization(path), config.get("stem"))
+                        placement, read_weights_normalization(path), config.get("stem"))
     if stride_in_1x1 is not None and has_bottlenecks(net):
         warn_if_stride_differs(recorded, stride_in_1x1, str(path))
     load_state_dict(net, path)
     return net.eval(), {**config, "stride_in_1x1": placement}
 
 
-def load_network(weights: str | os.PathLike, name: str | None = None, *, num_classes: int | None = None,
-                 shortcut: str | None = None, stride_in_1x1: bool | None = None) -> tuple[ResNet, dict[str, Any]]:
-    """A trained network (eval mode, with its normalisation) and its model config.
-
-    weights: a tag of `resnets.models.pretrained` for `name`, or a file (see the module
-    docstring). The config carries the class names and the evaluation resize/crop when
-    they are known (`class_names` or the training data's `classes`; `eval_resize`, `eval_crop`).
-    """
+def _load(weights: str | os.PathLike, name: str | None, num_classes: int | None, shortcut: str | None,
+          stride_in_1x1: bool | None, options: dict[str, Any]) -> tuple[ResNet, dict[str, Any], dict[str, Any]]:
+    """(network, model config, {"run": the training run's config or None, "iteration" for a
+    training checkpoint}): the one loader behind `load_network` and `model_from_file`."""
     entry = pretrained_weights(name, str(weights)) if name and is_tag(name, weights) else None
     if entry is not None:
         path = weights_file(entry)
     else:
         path = Path(weights)
-        if not path.is_file():
+        if not path.exists():
             tags = f"; known tags for {name}: {', '.join(tags_for(name)) or 'none'}" if name else ""
             raise CheckpointError(f"weights {weights}: no such file, and not a pretrained weights tag{tags}")
-    config = read_weights_config(path)
-    if config.get("name"):
-        net, config = _from_resnets_file(path, config, name, num_classes, shortcut, stride_in_1x1)
+    state_dict = None
+    if path.is_file() and path.suffix == ".safetensors" and read_weights_config(path).get("name"):
+        if options:
+            raise CheckpointError(f"{path} is already a resnets weights file; load it with create_model(..., weights=)")
+        net, config = _from_resnets_file(path, read_weights_config(path), name, num_classes, shortcut, stride_in_1x1)
         if entry is not None:
             config = {**registry_config(entry), **{k: v for k, v in config.items() if v is not None}}
-    else:
-        net, config = convert_file(path, model=name, stride_in_1x1=stride_in_1x1, known=entry)
-        for option, value in (("num_classes", num_classes), ("shortcut", shortcut)):
-            if value is not None and value != config[option]:
-                raise CheckpointError(f"{path}: the weights have {option}={config[option]!r}, not {value!r}")
+        return net, config, {"run": read_weights_metadata(path).get("config")}
+    if path.is_file() and file_format(path) == "torch" and options.get("source", "auto") in ("auto", "torchvision",
+                                                                                              "akamaster"):
+        if path.suffix != ".safetensors":
+            obj = load_torch_file(path, "weights file")
+            if _is_training_checkpoint(obj):
+                if any(options.get(k) is not None for k in ("normalization", "mean", "std")):
+                    raise ConfigError(f"--normalization/--mean/--std: {path} is a resnets training checkpoint; its "
+                                      "own input normalisation is kept and cannot be replaced")
+                net, config, run = _from_training_checkpoint(path, name, stride_in_1x1)
+                _check_fits(path, config, num_classes, shortcut)
+                return net, config, run
+            state_dict = state_dict_from(obj, path)
+    net, config = convert_file(path, model=name, stride_in_1x1=stride_in_1x1, known=entry, state_dict=state_dict,
+                               **options)
+    _check_fits(path, config, num_classes, shortcut)
+    return net, config, {"run": None}
+
+
+def _check_fits(path: Path, config: dict[str, Any], num_classes: int | None, shortcut: str | None) -> None:
+    for option, value in (("num_classes", num_classes), ("shortcut", shortcut)):
+        if value is not None and value != config[option]:
+            raise CheckpointError(f"{path}: the weights have {option}={config[option]!r}, not {value!r}")
+
+
+def load_network(weights: str | os.PathLike, name: str | None = None, *, num_classes: int | None = None,
+                 shortcut: str | None = None, stride_in_1x1: bool | None = None,
+                 **convert_options: Any) -> tuple[ResNet, dict[str, Any]]:
+    """The one loader: a trained network (eval mode, with its normalisation) and its model config.
+
+    weights: a tag of `resnets.models.pretrained` for `name`, a resnets `model.safetensors` or
+    training checkpoint, or a file from elsewhere (`resnets.models.formats`: torchvision,
+    akamaster, Caffe, Keras), converted on the fly. `name`: the network expected; a file
+    holding another is refused. The config carries the class names (and ImageNet synsets) and
+    the evaluation resize/crop when they are known (`class_names`/`synsets` or the training
+    data's `classes`; `eval_resize`, `eval_crop`).
+    convert_options: those of `resnets.models.formats.convert_file` (source, normalization,
+    mean, std, prototxt, mean_file).
+    """
+    net, config, _ = _load(weights, name, num_classes, shortcut, stride_in_1x1, convert_options)
     return net, config
 
 
+def _source_digest(src: Path) -> tuple[str, str]:
+    """(file name, sha256) of what was converted (a TF.js folder: its model.json); never a path."""
+    from ..data.download import file_digest
+
+    main = src / "model.json" if src.is_dir() else src
+    return (f"{src.name}/{main.name}" if src.is_dir() else src.name), file_digest(main, "sha256")
+
+
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> dict[str, Any]:
-    """Read a checkpoint from elsewhere (or a training checkpoint), convert it, write a resnets
+    """Read weights from elsewhere (or a training checkpoint), convert them, write a resnets
     `model.safetensors` (network, normalisation, config). Options are those of
-    :func:`convert_file`. Returns the stored model config."""
-    if str(src).endswith(".safetensors") and read_weights_config(src).get("name"):
+    :func:`load_network` (`model` for `name`). Returns the stored model config."""
+    src = Path(src)
+    if src.is_file() and src.suffix == ".safetensors" and read_weights_config(src).get("name"):
         raise CheckpointError(f"{src} is already a resnets weights file; load it with create_model(..., weights=)")
-    net, config = convert_file(src, **options)
-    save_weights(dst, net, config, metadata={"source_file": os.path.basename(os.fspath(src))})
+    name = options.pop("model", None)
+    stride_in_1x1 = options.pop("stride_in_1x1", None)
+    net, config, _ = _load(src, name, None, None, stride_in_1x1, {k: v for k, v in options.items() if v is not None})
+    source_file, sha256 = _source_digest(src)
+    save_weights(dst, net, config, metadata={"source_file": source_file, "source_sha256": sha256})
     return config

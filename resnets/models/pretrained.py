@@ -15,6 +15,10 @@ used; a cached file is checked and never fetched again). Tags:
   bottlenecks put the stride in the 3x3 ("v1.5"), so those networks are built that way.
 * `akamaster-cifar10`: the CIFAR-10 ResNet-20/32/44/56/110/1202 of
   akamaster/pytorch_resnet_cifar10, the widely used re-implementation of Sec. 4.2.
+* `keras-imagenet`: Keras Applications' ImageNet ResNet-50/101/152
+  (`keras.applications.ResNet50(weights="imagenet")`), the authors' Caffe models re-saved as
+  Keras HDF5 (`resnets.models.formats.keras`): the paper's stride placement, BGR input minus
+  the mean pixel. Keras publishes their md5, which is what its own loader checks.
 * `cifar10-jpeg`: this project's own CIFAR-10 networks (Table 6), shipped inside the
   package as `resnets/weights/cifar10-jpeg/<model>.safetensors` once they are trained.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from ..errors import CheckpointError, ConfigError
 
@@ -77,7 +81,7 @@ class ReportedError:
 class PretrainedWeights:
     tag: str
     architecture: Architecture
-    file_format: Literal["torchvision", "akamaster", "resnets"]
+    file_format: Literal["torchvision", "akamaster", "keras", "resnets"]
     url: str | None  # None: shipped inside this package
     # Full hex sha256, or the prefix in the file's name where only that is published
     # (the torch.hub convention, which is all torchvision itself checks).
@@ -85,6 +89,14 @@ class PretrainedWeights:
     preprocessing: Preprocessing
     classes: ClassNames
     reported: ReportedError | None
+    md5: str | None = None  # where the publisher gives only an md5 (Keras), checked instead of sha256
+
+    @property
+    def digest(self) -> tuple[str, str] | None:
+        """(algorithm, published hex digest or its prefix) that a downloaded file must match."""
+        if self.sha256:
+            return "sha256", self.sha256
+        return ("md5", self.md5) if self.md5 else None
 
     @property
     def filename(self) -> str:
@@ -97,6 +109,14 @@ _IMAGENET_V2 = Preprocessing("channel_mean_std", IMAGENET_CHANNEL_MEAN, IMAGENET
 # akamaster/pytorch_resnet_cifar10 trains and tests with ImageNet's channel statistics.
 _AKAMASTER = Preprocessing("channel_mean_std", IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD, 32, 32)
 _OURS_CIFAR = Preprocessing("per_pixel_mean", None, None, 32, 32)
+
+# Keras' "caffe" preprocessing (keras.applications.imagenet_utils.preprocess_input, mode="caffe"):
+# RGB 0..255 -> BGR minus the mean pixel (B 103.939, G 116.779, R 123.68), no scaling. As a
+# `Normalize` on RGB pixels in [0, 1]: mean = the RGB mean / 255, std = 1 / 255; the BGR order
+# goes into conv1's input channels when the weights are converted.
+KERAS_CAFFE_MEAN_RGB = (123.68 / 255, 116.779 / 255, 103.939 / 255)
+KERAS_CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
+_KERAS = Preprocessing("channel_mean_std", KERAS_CAFFE_MEAN_RGB, KERAS_CAFFE_STD, 256, 224)
 
 _TORCHVISION_DOCS = "torchvision.models ResNet*_Weights (acc@1/acc@5 on ImageNet-1k val, single 224 crop)"
 _AKAMASTER_README = "github.com/akamaster/pytorch_resnet_cifar10 README (CIFAR-10 test set)"
@@ -130,6 +150,26 @@ def _akamaster(depth: int, sha256: str, test_error: float) -> PretrainedWeights:
     )
 
 
+_KERAS_DOCS = "keras.io/api/applications (top-1/top-5 accuracy on ImageNet validation)"
+
+
+def _keras(depth: int, md5: str, acc1: float, acc5: float) -> PretrainedWeights:
+    # keras/applications/resnet.py: BASE_WEIGHTS_PATH + f"resnet{depth}_weights_tf_dim_ordering_tf_kernels.h5"
+    # with file_hash=WEIGHTS_HASHES[f"resnet{depth}"][0] (an md5; get_file checks md5 for 32 digits).
+    return PretrainedWeights(
+        tag="keras-imagenet",
+        architecture=Architecture(f"resnet{depth}", "B", stride_in_1x1=True),
+        file_format="keras",
+        url=f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+            f"resnet{depth}_weights_tf_dim_ordering_tf_kernels.h5",
+        sha256=None,
+        preprocessing=_KERAS,
+        classes="imagenet1k",
+        reported=ReportedError(round(100 - acc1, 3), round(100 - acc5, 3), "ImageNet val", _KERAS_DOCS),
+        md5=md5,
+    )
+
+
 def _ours(name: str) -> PretrainedWeights:
     # Trained by `resnets reproduce cifar10` on ../shared/data/cifar10-jpeg-train.tar.gz; the
     # file carries its config, mean image, class names and measured errors in its metadata.
@@ -155,6 +195,9 @@ _ENTRIES = (
     _akamaster(56, "4bfd9763", 6.61),
     _akamaster(110, "1d1ed7c2", 6.32),
     _akamaster(1202, "f3b1deed", 6.18),
+    _keras(50, "2cb95161c43110f7111970584f804107", 74.9, 92.1),
+    _keras(101, "f1aeb4b969a6efcfb50fad2f0c20cfc5", 76.4, 92.8),
+    _keras(152, "100835be76be38e30d865e96f2aaae62", 76.6, 93.1),
     *(_ours(f"cifar_resnet{d}") for d in (20, 32, 44, 56, 110)),
     *(_ours(f"cifar_plain{d}") for d in (20, 32, 44, 56)),
 )
@@ -177,10 +220,11 @@ def pretrained_weights(name: str, tag: str) -> PretrainedWeights:
         raise ConfigError(f"no pretrained weights {tag!r} for {name}; known tags for {name}: {known}") from None
 
 
-def find_by_sha256(sha256: str) -> PretrainedWeights | None:
-    """The downloadable entry whose published hash (full or prefix) the file's sha256 matches."""
+def find_by_digest(digests: Callable[[str], str]) -> PretrainedWeights | None:
+    """The downloadable entry whose published hash (full or prefix) the file matches;
+    `digests(algorithm)` gives the file's hex digest (asked only for algorithms in use)."""
     for entry in PRETRAINED.values():
-        if entry.sha256 and sha256.startswith(entry.sha256):
+        if entry.digest and digests(entry.digest[0]).startswith(entry.digest[1]):
             return entry
     return None
 
@@ -194,6 +238,22 @@ def class_names(classes: ClassNames) -> tuple[str, ...]:
     # (imagenet_class_index.json, as distributed in pytorch/hub's imagenet_classes.txt).
     text = (Path(__file__).parent / "imagenet_classes.txt").read_text(encoding="utf-8")
     return tuple(text.splitlines())
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 ILSVRC-2012 WordNet ids in class-index order (sorted, as Caffe, Keras and
+    torchvision number them): ImageNet's folder names, so labels follow the weights, not the
+    folders a data set happens to hold."""
+    return tuple((Path(__file__).parent / "imagenet_synsets.txt").read_text(encoding="ascii").split())
+
+
+def label_config(classes: ClassNames) -> dict[str, list[str]]:
+    """What a weights file's model config records about its classes: their names and, for
+    ImageNet, the synsets (`resnets eval` numbers a data set's class folders by them)."""
+    if classes == "cifar10":
+        return {"class_names": list(class_names("cifar10"))}
+    return {"class_names": list(class_names("imagenet1k")), "synsets": list(imagenet_synsets())}
 
 
 def weights_file(entry: PretrainedWeights, progress: bool | None = None) -> Path:
@@ -212,8 +272,9 @@ def weights_file(entry: PretrainedWeights, progress: bool | None = None) -> Path
     from ..data.cifar import default_cache_dir
     from ..data.download import fetch, file_digest
 
+    algorithm, digest = entry.digest
     path = default_cache_dir() / "weights" / entry.filename
-    if path.is_file() and file_digest(path, "sha256").startswith(entry.sha256):
+    if path.is_file() and file_digest(path, algorithm).startswith(digest):
         return path
-    fetch(entry.url, path, "sha256", entry.sha256, progress=progress)
+    fetch(entry.url, path, algorithm, digest, progress=progress)
     return path

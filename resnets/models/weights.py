@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..io import atomic_write, load_torch_file
-from .akamaster import from_akamaster, is_akamaster_layout
+from .formats.akamaster import from_akamaster, is_akamaster_layout
 from .normalize import Normalize, normalization_state, split_normalization
 from .resnet import Bottleneck, ResNet
 
@@ -144,7 +144,7 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor
 
 def load_state_dict(model: nn.Module, path_or_dict: str | os.PathLike | Mapping[str, Tensor]) -> nn.Module:
     """Load weights strictly, accepting `module.` / `_orig_mod.` prefixes and the layout of
-    akamaster/pytorch_resnet_cifar10 checkpoints (see `resnets.models.akamaster`).
+    akamaster/pytorch_resnet_cifar10 checkpoints (see `resnets.models.formats.akamaster`).
 
     BatchNorm's `num_batches_tracked` (added in PyTorch 0.4.1, used only in training with
     momentum=None) may be missing, as in checkpoints saved by older PyTorch: it starts at 0,

@@ -95,8 +95,8 @@ def test_center_and_ensemble_match_a_direct_computation(capsys, tree, models, mo
     # Labels follow the training classes (ROOT/train), not val's own folder list.
     from resnets.eval.datasets import imagenet_classes
 
-    assert imagenet_classes(str(tree), None) == CLASSES
-    assert imagenet_classes(str(tree), ["x", "y"]) == ["x", "y"]
+    assert imagenet_classes(str(tree), None)[0] == CLASSES
+    assert imagenet_classes(str(tree), {"classes": ["x", "y"]})[0] == ["x", "y"]
 
     ensemble = run_eval(capsys, tree, [m for m, _ in models], "center")
     assert ensemble["n"] == 2 and ensemble["checkpoints"] == [str(m) for m, _ in models]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from resnets.cli import main
 from resnets.errors import CheckpointError
 from resnets.models import create_model, read_weights_config
-from resnets.models.caffe import _layout, _units, caffe_messages, convert_caffe, read_prototxt
+from resnets.models.formats.caffe import _layout, _units, caffe_messages, convert_caffe, read_prototxt
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}

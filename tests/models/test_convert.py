@@ -22,7 +22,7 @@ from resnets.cli import main
 from resnets.config import TrainConfig, to_dict
 from resnets.errors import CheckpointError, ConfigError
 from resnets.models import Normalize, create_model, load_state_dict, read_weights_config
-from resnets.models.convert import convert_state_dict
+from resnets.models.formats.torchvision import convert_state_dict
 from resnets.models.loading import convert_weights, model_from_file
 from resnets.models.pretrained import CIFAR10_CLASSES
 

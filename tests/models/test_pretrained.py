@@ -39,7 +39,7 @@ def sha256(path: Path) -> str:
 
 def test_registry_is_a_plain_table_of_valid_entries(tmp_path):
     assert {tag for _, tag in PRETRAINED} == {"torchvision-imagenet1k-v1", "torchvision-imagenet1k-v2",
-                                              "akamaster-cifar10", "cifar10-jpeg"}
+                                              "akamaster-cifar10", "keras-imagenet", "cifar10-jpeg"}
     for (name, tag), entry in PRETRAINED.items():
         assert dataclasses.is_dataclass(entry) and entry.__dataclass_params__.frozen
         assert entry.architecture.name == name and entry.tag == tag
@@ -47,6 +47,9 @@ def test_registry_is_a_plain_table_of_valid_entries(tmp_path):
         assert entry.reported is None or 0 < entry.reported.top1 < 35
         if entry.url is None:
             assert entry.file_format == "resnets" and entry.sha256 is None  # shipped package data
+        elif entry.file_format == "keras":  # Keras publishes md5s (keras/applications/resnet.py WEIGHTS_HASHES)
+            assert entry.sha256 is None and re.fullmatch(r"[0-9a-f]{32}", entry.md5) and entry.digest[0] == "md5"
+            assert entry.url.endswith(f"/{name}_weights_tf_dim_ordering_tf_kernels.h5")
         else:
             assert entry.url.startswith("https://") and re.fullmatch(r"[0-9a-f]{8}([0-9a-f]{56})?", entry.sha256)
             assert entry.sha256[:8] in entry.filename  # torch.hub's convention: the name carries the hash
@@ -58,7 +61,7 @@ def test_registry_is_a_plain_table_of_valid_entries(tmp_path):
     # Importing the registry reads, downloads and creates nothing.
     env = {**os.environ, "RESNETS_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path / "home"),
            "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-c", "import resnets.models.pretrained, resnets.models.convert"],
+    subprocess.run([sys.executable, "-c", "import resnets.models.pretrained, resnets.models.formats"],
                    env=env, check=True, timeout=120)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "home").exists()
 

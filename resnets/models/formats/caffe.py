@@ -40,14 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .factory import IMAGENET_LAYOUTS, model_spec
-from .normalize import Normalize
-from .pretrained import class_names
-from .resnet import Bottleneck, ResNet
-from .weights import save_weights
+from ...errors import CheckpointError, ConfigError
+from ..factory import IMAGENET_LAYOUTS, model_spec
+from ..normalize import Normalize
+from ..pretrained import label_config
+from ..resnet import Bottleneck, ResNet
 
-__all__ = ["convert_caffe", "convert_caffe_weights", "caffe_messages"]
+__all__ = ["convert_caffe", "caffe_messages"]
 
 # (field name, number, type, repeated, message/enum type or None, default or None), from caffe.proto.
 _MESSAGES: dict[str, tuple[tuple, ...]] = {
@@ -386,14 +385,6 @@ def convert_caffe(prototxt: str | os.PathLike, caffemodel: str | os.PathLike,
               # The authors' 1-crop numbers: the center 224 crop of the image resized to 256.
               "eval_resize": 256, "eval_crop": 224}
     if num_classes == 1000:
-        config["class_names"] = list(class_names("imagenet1k"))
+        config.update(label_config("imagenet1k"))
     return net.eval(), config
 
-
-def convert_caffe_weights(prototxt: str | os.PathLike, caffemodel: str | os.PathLike,
-                          mean_file: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """`convert_caffe` written as a resnets `model.safetensors`; returns the stored config."""
-    net, config = convert_caffe(prototxt, caffemodel, mean_file)
-    save_weights(dst, net, config, metadata={"source_file": os.path.basename(os.fspath(caffemodel)),
-                                             "prototxt": os.path.basename(os.fspath(prototxt))})
-    return config

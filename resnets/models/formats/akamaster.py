@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .resnet import ResNet
+from ..resnet import ResNet
 
 
 def is_akamaster_layout(state_dict: Mapping[str, Tensor]) -> bool:

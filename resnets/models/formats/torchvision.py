@@ -1,32 +1,28 @@
-"""Weights from anywhere -> a resnets network with its input normalisation and model config.
+"""PyTorch state dicts in torchvision's layout (and, through `resnets.models.formats.akamaster`,
+in akamaster/pytorch_resnet_cifar10's) -> a resnets network with its normalisation and config.
 
-`convert_state_dict` turns a foreign state dict into our network; `resnets.models.loading`
-(`load_network`, behind `create_model(name, weights=...)`, and `convert_weights`, behind
-`resnets convert`) reads the files. Together they understand:
-
-* tags of `resnets.models.pretrained` (downloaded and checked on first use);
-* resnets' own `model.safetensors` files and training checkpoints (`checkpoints/last.pt`);
 * torchvision-format ImageNet ResNets (`resnet18` ... `resnet152` state dicts, also from
   other code that kept torchvision's names). Keys match ours one to one;
 * CIFAR ResNets in the layout of akamaster/pytorch_resnet_cifar10 (classifier `linear`,
-  option A padding on both sides; see `resnets.models.akamaster`), usually saved from
-  DataParallel inside {'state_dict': ..., 'best_prec1': ...};
-* the authors' Caffe models (deploy prototxt + caffemodel), in `resnets.models.caffe`.
+  option A padding on both sides), usually saved from DataParallel inside
+  {'state_dict': ..., 'best_prec1': ...}.
 
 Checkpoints come as they are published: `module.` prefixes, `state_dict`/`model`/`net`
 wrappers, extra non-tensor entries, no BatchNorm `num_batches_tracked` (PyTorch < 0.4.1),
-the legacy (non-zip) serialization, or safetensors.
+the legacy (non-zip) serialization, or safetensors (`resnets.models.weights.read_state_dict`).
 
-Stride placement (bottlenecks): the placement the weights record (resnets files, published
-files recognised by their sha256, e.g. torchvision's own, which are "v1.5"); otherwise the
-paper's, as `resnets train`, with a warning for torchvision-format bottleneck weights.
+The network is inferred from the keys (blocks per stage, block type, shortcuts); a `model`
+that does not have that layout is refused, naming both, rather than half-loaded.
 
-Normalisation: the one the weights carry (`input_norm.*` tensors, a training checkpoint's
-mean image) is kept, and explicit options that would replace it are refused, so a
-per-pixel mean is never swapped for ImageNet's mean/std. Otherwise: what the registry
-records for a recognised file, else the format's convention (ImageNet channel mean/std,
-which both torchvision and akamaster's trainer use), unless `normalization`/`mean`/`std`
-say otherwise.
+Stride placement (bottlenecks): the placement the weights record (published files recognised
+by their digest, e.g. torchvision's own, which are "v1.5"); otherwise the paper's, as
+`resnets train`, with a warning for torchvision-format bottleneck weights.
+
+Normalisation: the one the weights carry (`input_norm.*` tensors) is kept, and explicit
+options that would replace it are refused, so a per-pixel mean is never swapped for
+ImageNet's mean/std. Otherwise: what the registry records for a recognised file, else the
+format's convention (ImageNet channel mean/std, which both torchvision and akamaster's
+trainer use), unless `normalization`/`mean`/`std` say otherwise.
 """
 
 from __future__ import annotations
@@ -35,22 +31,20 @@ import re
 import warnings
 from typing import Any, Literal, Mapping, Sequence
 
-import torch
 from torch import Tensor
 
-from ..errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError
+from ..factory import IMAGENET_LAYOUTS, model_spec
+from ..normalize import split_normalization
+from ..pretrained import PretrainedWeights, label_config
+from ..resnet import Bottleneck, ResNet
+from ..weights import has_bottlenecks, load_state_dict, strip_wrapper_prefixes, warn_if_stride_differs
 from .akamaster import from_akamaster
-from .factory import IMAGENET_LAYOUTS, model_spec
-from .normalize import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD, Normalize, split_normalization
-from .pretrained import PretrainedWeights, class_names
-from .resnet import ResNet
-from .weights import has_bottlenecks, load_state_dict, strip_wrapper_prefixes, warn_if_stride_differs
+from .common import Normalization, build_network, registry_config, resolve_normalization
 
 SourceFormat = Literal["auto", "torchvision", "akamaster"]
-Normalization = Literal["per_pixel_mean", "channel_mean_std", "none"]
 
-__all__ = ["Normalization", "SourceFormat", "convert_state_dict", "detect_format", "infer_model_name",
-           "resolve_normalization"]
+__all__ = ["SourceFormat", "convert_state_dict", "detect_format", "infer_model_name"]
 
 
 def detect_format(state_dict: Mapping[str, Tensor]) -> Literal["torchvision", "akamaster"]:
@@ -83,55 +77,41 @@ def infer_model_name(state_dict: Mapping[str, Tensor], source: Literal["torchvis
             return f"cifar_resnet{6 * layers[0] + 2}"
     else:
         bottleneck = any(k.endswith(".conv3.weight") for k in keys)
+        # torchvision's ImageNet ResNets project where the shape changes (option B); without any
+        # projection the network is a plain one (ours, saved with torchvision's names).
+        kind = "resnet" if any(".downsample." in k for k in keys) else "plain"
         for depth, (block, layout) in IMAGENET_LAYOUTS.items():
             if tuple(layers) == layout and (block.expansion == 4) == bottleneck:
-                return f"resnet{depth}"
+                return f"{kind}{depth}"
     raise CheckpointError(f"cannot infer the network from the weights (blocks per stage {layers}); pass --model NAME")
 
 
-def resolve_normalization(carried: Normalize | None, normalization: Normalization | None,
-                          mean: Sequence[float] | None, std: Sequence[float] | None,
-                          default_mean: Sequence[float] = IMAGENET_CHANNEL_MEAN,
-                          default_std: Sequence[float] = IMAGENET_CHANNEL_STD) -> Normalize | None:
-    """The input normalisation of converted weights (see the module docstring)."""
-    asked = normalization is not None or mean is not None or std is not None
-    if carried is not None:
-        if asked:
-            raise ConfigError(f"--normalization/--mean/--std: the weights carry their own input normalisation "
-                              f"({carried.kind}, mean {tuple(carried.mean.shape)}), which is kept; it cannot be replaced")
-        return carried
-    kind = normalization or "channel_mean_std"
-    if kind == "none":
-        if mean is not None or std is not None:
-            raise ConfigError("--mean/--std: given with --normalization none")
-        return None
-    if kind != "channel_mean_std":
-        raise ConfigError(f"--normalization: these weights carry no mean image; expected channel_mean_std or none, "
-                          f"got {kind!r}")
-    mean = tuple(mean) if mean is not None else tuple(default_mean)
-    std = tuple(std) if std is not None else tuple(default_std)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ConfigError(f"--mean/--std: expected 3 values each (RGB, pixels in [0, 1]) and positive std, got {mean}, {std}")
-    return Normalize.channel(mean, std)
-
-
-def build_network(name: str, num_classes: int | None, shortcut: str | None, stride_in_1x1: bool,
-           input_norm: Normalize | None, stem: str | None = None) -> ResNet:
-    """The network with its input normalisation given when it is built (`resnets.models.loading`)."""
+def _misfit(state_dict: Mapping[str, Tensor], source: Literal["torchvision", "akamaster"], model: str) -> str | None:
+    """Why the network `model` cannot hold these weights (None: it can). The keys give the blocks
+    per stage, the block type and whether any block projects; akamaster's code has residual
+    CIFAR networks only."""
     try:
-        spec = model_spec(name)
-        return spec.build(num_classes=num_classes or spec.default_num_classes,
-                          **({"shortcut": shortcut or spec.default_shortcut} if spec.residual else {}),
-                          stride_in_1x1=stride_in_1x1, input_norm=input_norm, **({"stem": stem} if stem else {}))
+        spec = model_spec(model)
     except ValueError as e:
         raise ConfigError(f"--model: {e}") from None
+    keys = set(state_dict)
+    layers = tuple(_blocks_per_stage(keys))
+    bottleneck = any(k.endswith(".conv3.weight") for k in keys)
+    expected = spec.build.keywords["layers"]  # model_spec's partials of ResNet carry the layout
+    expected_bottleneck = spec.build.keywords["block"] is Bottleneck
+    if layers != tuple(expected) or bottleneck != expected_bottleneck:
+        kind = "bottleneck" if bottleneck else "basic"
+        return f"{kind} blocks per stage {list(layers)}, {model} has {list(expected)}"
+    projects = any(".downsample." in k or ".shortcut." in k for k in keys)
+    if (source == "akamaster" or projects) and not spec.residual:
+        return f"a residual network ({source} layout), {model} is a plain one"
+    return None
 
 
-def registry_config(entry: PretrainedWeights) -> dict[str, Any]:
-    """What a recognised published file adds to its model config."""
-    pre = entry.preprocessing
-    return {"weights": entry.tag, "source_url": entry.url, "class_names": list(class_names(entry.classes)),
-            "eval_resize": pre.resize, "eval_crop": pre.crop}
+
+
+
+
 
 
 def convert_state_dict(
@@ -144,22 +124,33 @@ def convert_state_dict(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     known: PretrainedWeights | None = None,
+    origin: str = "the weights",
 ) -> tuple[ResNet, dict[str, Any]]:
     """A resnets network holding the foreign weights (eval mode), and its model config.
 
     known: the registry entry the weights were recognised as (its architecture and
         preprocessing become the defaults).
+    origin: what errors call the weights (the file the user gave).
     """
     if known is not None and source == "auto":
         source = known.file_format
     fmt = detect_format(state_dict) if source == "auto" else source
     if fmt not in ("torchvision", "akamaster"):
         raise ConfigError(f"--format: expected auto, torchvision or akamaster, got {source!r}")
-    name = model or (known.architecture.name if known else infer_model_name(state_dict, fmt))
     classifier = "linear.weight" if fmt == "akamaster" else "fc.weight"
-    stripped, carried = split_normalization(strip_wrapper_prefixes(state_dict))
+    stripped, carried = split_normalization(strip_wrapper_prefixes(state_dict), origin)
     if classifier not in stripped:
-        raise CheckpointError(f"{fmt} weights need a '{classifier}' entry; it is missing")
+        raise CheckpointError(f"{origin}: {fmt} weights need a '{classifier}' entry; it is missing")
+    if model is not None:
+        misfit = _misfit(stripped, fmt, model)
+        if misfit:
+            raise CheckpointError(f"{origin}: --model {model} does not fit these weights: they hold {misfit}")
+        name = model
+    else:
+        try:
+            name = known.architecture.name if known else infer_model_name(stripped, fmt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{origin}: {e}") from None
     num_classes = stripped[classifier].shape[0]
     shortcut = None
     if fmt == "akamaster":
@@ -185,7 +176,7 @@ def convert_state_dict(
     if known is not None:
         config.update(registry_config(known))
     elif fmt == "akamaster" and num_classes == 10:
-        config["class_names"] = list(class_names("cifar10"))  # that code trains CIFAR-10 only
+        config.update(label_config("cifar10"))  # that code trains CIFAR-10 only
     elif fmt == "torchvision" and num_classes == 1000:
-        config["class_names"] = list(class_names("imagenet1k"))
+        config.update(label_config("imagenet1k"))
     return net.eval(), config
