@@ -9,6 +9,7 @@ convolutional over shorter sides {224, 256, 384, 480, 640}, with flips). Several
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from ..errors import ConfigError
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size or 500, workers=args.workers, cache_dir=args.cache_dir)
     else:
         result = evaluate_imagenet(models, args.data, args.split, args.tta, runtime, args.batch_size or 50,
-                                   4 if args.workers is None else args.workers, args.skip_bad_images,
+                                   # more workers than cores only warns and slows (2-core machines)
+                                   min(4, os.cpu_count() or 1) if args.workers is None else args.workers,
+                                   args.skip_bad_images,
                                    loaded[0][1]["model"], cache_dir=args.cache_dir)
     result["checkpoints"] = list(args.checkpoint or [])
     if args.weights is not None:
@@ -85,7 +88,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="images per batch (default: 500 for CIFAR-10, 50 for ImageNet)")
     p.add_argument("--workers", type=int,
                    help="CIFAR-10: processes decoding image files (default: automatic); ImageNet: DataLoader "
-                        "workers (default: 4)")
+                        "workers (default: 4, at most one per CPU core)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="ImageNet: count and skip unreadable images instead of stopping")
     add_device(p)
