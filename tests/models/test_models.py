@@ -108,6 +108,42 @@ def test_v15_stride_placement_costs_more():
     assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
 
 
+def plain18_with_odd_layers() -> ResNet:
+    # Shapes `count_flops` must follow on its own: a 1x1/2 ceil-mode pooling whose last window
+    # would start past the input (torch drops it: 112 -> 56, not 57), a 5x5 whose padding
+    # shrinks the map (56 -> 54, so every later map is another size) and a grouped, dilated
+    # 3x3. Plain, so no shortcut has to match the shrunk map.
+    model = create_model("plain18")
+    model.maxpool = torch.nn.MaxPool2d(1, stride=2, ceil_mode=True)
+    model.layer1[0].conv1 = torch.nn.Conv2d(64, 64, 5, padding=1, bias=False)
+    model.layer2[1].conv2 = torch.nn.Conv2d(128, 128, 3, padding=2, dilation=2, groups=4, bias=False)
+    return model
+
+
+@pytest.mark.parametrize("build, input_size", [
+    *[pytest.param(lambda name=name: create_model(name), 224, id=name)
+      for name in list_models() if not name.startswith("cifar")],
+    pytest.param(lambda: create_model("resnet50", stride_in_1x1=False), (199, 257), id="resnet50-v1.5-199x257"),
+    pytest.param(lambda: create_model("resnet18", shortcut="C"), 97, id="resnet18-C-97"),
+    pytest.param(lambda: create_model("resnet101", shortcut="A"), 64, id="resnet101-A-64"),
+    pytest.param(lambda: ResNet(BasicBlock, (2, 2, 2, 2), stem="imagenet_caffe"), 224, id="caffe-stem-ceil-pool-224"),
+    pytest.param(lambda: create_model("cifar_resnet14", shortcut="B"), (33, 45), id="cifar_resnet14-B-33x45"),
+    pytest.param(lambda: create_model("cifar_plain8"), 32, id="cifar_plain8"),
+    pytest.param(plain18_with_odd_layers, 223, id="plain18-odd-layers-223"),
+])
+def test_multiply_adds_equal_torch_flop_counter(build, input_size):
+    """`count_flops` follows the structure by itself; torch's FlopCounterMode on a real (meta)
+    forward is the independent reference: 2 FLOPs per multiply-add of convolutions and fc."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build().eval()
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, h, w, device="meta"))
+    assert count_flops(model, input_size) == counter.get_total_flops() // 2
+
+
 def test_cifar_flops_grow_linearly_with_depth():
     # Each extra block pair at every stage costs the same: FLOPs are affine in n.
     flops = []
