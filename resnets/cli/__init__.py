@@ -29,7 +29,7 @@ def model_rows() -> list[dict]:
     affine in each stage's number of blocks: they follow from that network cut to one block per
     stage, and to two in each stage in turn (`tests/test_cli.py` checks every ImageNet row and
     two CIFAR rows against the network built at its depth). Building every ImageNet network
-    took 0.16 s, half of what the command took beyond `import torch`; building and tracing the
+    took 0.16 s, about half of what the command took beyond `import torch`; building and tracing the
     two 1202-layer nets once took 8 of its 11 s.
     """
     import functools

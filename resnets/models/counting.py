@@ -35,6 +35,8 @@ def count_flops(model: ResNet, input_size: int | tuple[int, int] = 224) -> int:
     macs, size = conv_multiply_adds(model.conv1, size)  # input_norm, BN, ReLU keep the size
     if isinstance(model.maxpool, nn.MaxPool2d):
         size = pool_output_size(model.maxpool, size)
+    elif not isinstance(model.maxpool, nn.Identity):
+        raise TypeError(f"count_flops: unknown stem pooling {type(model.maxpool).__name__}")
     for stage in model.stage_names:
         for block in getattr(model, stage):
             block_input = size

@@ -144,6 +144,16 @@ def test_multiply_adds_equal_torch_flop_counter(build, input_size):
     assert count_flops(model, input_size) == counter.get_total_flops() // 2
 
 
+def test_multiply_adds_refuse_what_they_cannot_follow():
+    with torch.device("meta"):
+        model = create_model("resnet18")
+    model.maxpool = torch.nn.AvgPool2d(3, 2)  # a layer the count does not know would be skipped
+    with pytest.raises(TypeError, match="AvgPool2d"):
+        count_flops(model)
+    with pytest.raises(TypeError, match="Sequential"):
+        count_flops(torch.nn.Sequential(model))
+
+
 def test_cifar_flops_grow_linearly_with_depth():
     # Each extra block pair at every stage costs the same: FLOPs are affine in n.
     flops = []
