@@ -127,7 +127,7 @@ def run_in_fresh_interpreter(commands, suffix=(), watched=("torch", "numpy", "sa
     """Run `resnets COMMAND *suffix` for each command in one fresh interpreter: (its stdout,
     which of the `watched` modules it imported)."""
     script = ("import sys\nfrom resnets.cli import main\n"
-              f"for argv in sys.argv[1:]:\n"
+              "for argv in sys.argv[1:]:\n"
               "    try:\n"
               f"        main(argv.split() + {list(suffix)!r})\n"
               "    except SystemExit:\n        pass\n"
@@ -149,11 +149,13 @@ def test_help_of_every_command_imports_no_torch():
 
 
 def test_models_table_imports_no_torch_compiler():
-    """`resnets models` (issue 26) counts multiply-adds from the networks' structure: neither
-    torch's FlopCounterMode nor a meta-device batch norm, both of which import torch._dynamo
-    (1-3 s, most of what the command took)."""
-    out, imported = run_in_fresh_interpreter(["models"], watched=("torch", "torch._dynamo", "torch.utils.flop_counter"))
+    """`resnets models` and `--table1` (issue 26) count multiply-adds and map sizes from the
+    networks' layers: neither torch's FlopCounterMode nor a meta-device forward (its batch
+    norm), both of which import torch._dynamo (1-3 s, most of what the command took)."""
+    out, imported = run_in_fresh_interpreter(["models", "models --table1"],
+                                             watched=("torch", "torch._dynamo", "torch.utils.flop_counter"))
     assert "cifar_resnet1202" in out and "11.282" in out  # the table was printed, ResNet-152 counted
+    assert "| conv5_x (layer4) | 7x7 |" in out  # and Table 1, with its map sizes
     assert imported == "['torch']"
 
 

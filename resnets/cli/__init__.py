@@ -20,50 +20,14 @@ from ..errors import ResnetsError
 # --- resnets models ----------------------------------------------------------------------
 
 def model_rows() -> list[dict]:
-    """One row per listed model: depth, shortcut, params and multiply-adds at its natural size.
-
-    Nothing real is built, and few networks at all: they live on the meta device (shapes, no
-    memory, no init), and only the first listed network of each kind (block type, residual or
-    plain, family: resnet18, resnet50, cifar_resnet20 and their plain twins) is built. A
-    stage's blocks after its first are identical (Table 1, Sec. 4.2), so both counts are exactly
-    affine in each stage's number of blocks: they follow from that network cut to one block per
-    stage, and to two in each stage in turn (`tests/test_cli.py` checks every ImageNet row and
-    two CIFAR rows against the network built at its depth). Building every ImageNet network
-    took 0.16 s, about half of what the command took beyond `import torch`; building and tracing the
-    two 1202-layer nets once took 8 of its 11 s.
-    """
-    import functools
-
-    import torch  # here, not at the top: `resnets --help` must not import torch
-
-    from ..models import count_flops, count_params, create_model, list_models, model_spec
-
-    def kind(name: str) -> tuple:
-        spec = model_spec(name)
-        return spec.family, spec.residual, spec.build.keywords["block"]  # the partial carries the layout
-
-    @functools.cache
-    def per_stage_counts(first_of_kind: str) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-        """(params, multiply-adds) with one block per stage, and what one more block adds in each stage."""
-        with torch.device("meta"):
-            model = create_model(first_of_kind)
-        stages = [getattr(model, s) for s in model.stage_names]
-
-        def counts(grown: int | None) -> tuple[int, int]:
-            for i, (s, stage) in enumerate(zip(model.stage_names, stages)):
-                setattr(model, s, stage[: 2 if i == grown else 1])  # the same modules, fewer of them
-            return count_params(model), count_flops(model, model_spec(first_of_kind).input_size)
-
-        one = counts(None)
-        return one, [(p - one[0], f - one[1]) for p, f in map(counts, range(len(stages)))]
+    """One row per listed model: depth, shortcut, params and multiply-adds at its natural size,
+    counted without building the networks at their depth (`resnets.models.network_counts`)."""
+    from ..models import list_models, model_spec, network_counts  # here: `resnets --help` must not import torch
 
     rows = []
-    names = list_models()
-    for name in names:
+    for name in list_models():
         spec = model_spec(name)
-        (params, flops), added = per_stage_counts(next(n for n in names if kind(n) == kind(name)))
-        for blocks, (block_params, block_flops) in zip(spec.build.keywords["layers"], added):
-            params, flops = params + (blocks - 1) * block_params, flops + (blocks - 1) * block_flops
+        params, flops = network_counts(name)
         rows.append({
             "name": name, "family": spec.family, "depth": spec.depth,
             "shortcut": spec.default_shortcut or "none", "params": params,

@@ -11,7 +11,8 @@ from reference_nets import randomize_bn
 
 import resnets
 from resnets import CheckpointError, count_flops, count_params, create_model, list_models, load_state_dict
-from resnets.models import BasicBlock, Bottleneck, Normalize, ResNet, ZeroPadShortcut, model_spec, save_weights
+from resnets.models import (BasicBlock, Bottleneck, Normalize, ResNet, ZeroPadShortcut, feature_map_sizes, model_spec,
+                            network_counts, save_weights)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # ResNet-1202 is 19.4M parameters on 1202 layers: its forward/backward alone would take
@@ -132,16 +133,27 @@ def plain18_with_odd_layers() -> ResNet:
     pytest.param(plain18_with_odd_layers, 223, id="plain18-odd-layers-223"),
 ])
 def test_multiply_adds_equal_torch_flop_counter(build, input_size):
-    """`count_flops` follows the structure by itself; torch's FlopCounterMode on a real (meta)
-    forward is the independent reference: 2 FLOPs per multiply-add of convolutions and fc."""
+    """`count_flops` and `feature_map_sizes` follow the structure by themselves; torch's
+    FlopCounterMode on a real (meta) forward is the independent reference (2 FLOPs per
+    multiply-add of convolutions and fc), and the shapes that forward produces."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         model = build().eval()
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = tuple(output.shape[-2:])
+        return hook
+
+    for name, module in {"conv1": model.conv1, "stem": model.maxpool, **{s: getattr(model, s) for s in model.stage_names}}.items():
+        module.register_forward_hook(record(name))
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, h, w, device="meta"))
     assert count_flops(model, input_size) == counter.get_total_flops() // 2
+    assert feature_map_sizes(model, input_size) == shapes
 
 
 def test_multiply_adds_refuse_what_they_cannot_follow():
@@ -152,6 +164,19 @@ def test_multiply_adds_refuse_what_they_cannot_follow():
         count_flops(model)
     with pytest.raises(TypeError, match="Sequential"):
         count_flops(torch.nn.Sequential(model))
+
+
+def test_network_counts_equal_the_network_built_at_depth():
+    """`network_counts` counts from the first network of each kind cut to one block per stage
+    and to two in one stage; that equals the network built at its depth (every ImageNet net,
+    CIFAR ResNet-56, plain-110 and ResNet-8 here; ResNet-1202 is the paper's 19.4M
+    parameters, Sec. 4.2)."""
+    names = [n for n in list_models() if model_spec(n).family == "imagenet"]
+    for name in names + ["cifar_resnet56", "cifar_plain110", "cifar_resnet8"]:
+        with torch.device("meta"):
+            model = create_model(name)
+        assert network_counts(name) == (count_params(model), count_flops(model, model_spec(name).input_size)), name
+    assert round(network_counts("cifar_resnet1202")[0] / 1e6, 1) == 19.4
 
 
 def test_cifar_flops_grow_linearly_with_depth():
