@@ -1,5 +1,5 @@
 """Start-up of the `resnets` command: wall time of `--help`, `--version`, `models` and a few
-commands' `--help`, each a fresh interpreter, against `import torch` measured in the same run.
+commands' `--help`, `models --table1`, each a fresh interpreter, against `import torch` measured in the same run.
 
 The commands run in interleaved rounds (one of each per round) and the median round is
 reported with its ratio to `import torch`; `--baseline SRC` also times the same commands with
@@ -32,6 +32,7 @@ COMMANDS = {
     "resnets predict --help": ["-m", "resnets", "predict", "--help"],
     "resnets detect train --help": ["-m", "resnets", "detect", "train", "--help"],
     "resnets models": ["-m", "resnets", "models"],
+    "resnets models --table1": ["-m", "resnets", "models", "--table1"],
 }
 
 

@@ -28,20 +28,20 @@ def count_flops(model: ResNet, input_size: int | tuple[int, int] = 224) -> int:
     A convolution costs out_h * out_w * out_channels * in_channels / groups * kh * kw, the fc
     in_features * out_features.
 
-    Counted from the network's structure (`walk`): nothing runs. (torch's FlopCounterMode
+    Counted from the network's structure (`_walk`): nothing runs. (torch's FlopCounterMode
     around a meta-device forward gives the same numbers, which `tests/models/test_models.py`
     checks, but it imports torch._dynamo, as the meta batch norm does: 2.5 s of the 4 s
     `resnets models` took.)
     """
-    return walk(model, input_size)[0]
+    return _walk(model, input_size)[0]
 
 
 def feature_map_sizes(model: ResNet, input_size: int | tuple[int, int] = 224) -> dict[str, Size]:
     """(h, w) of the maps after conv1, the stem (conv1 and its pooling) and each stage."""
-    return walk(model, input_size)[1]
+    return _walk(model, input_size)[1]
 
 
-def walk(model: ResNet, input_size: int | tuple[int, int]) -> tuple[int, dict[str, Size]]:
+def _walk(model: ResNet, input_size: int | tuple[int, int]) -> tuple[int, dict[str, Size]]:
     """Multiply-adds and map sizes, following the network's layers in the order
     `ResNet.forward` runs them, each map's size from the strides, padding, dilation and ceil
     mode as torch computes it."""
