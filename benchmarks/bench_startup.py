@@ -1,5 +1,6 @@
-"""Start-up of the `resnets` command: wall time of `--help`, `--version`, `models` and a few
-commands' `--help`, `models --table1`, each a fresh interpreter, against `import torch` measured in the same run.
+"""Start-up of the `resnets` command: wall time of `--help`, `--version`, a few commands'
+`--help`, `models` and `models --table1`, each a fresh interpreter, against `import torch`
+measured in the same run.
 
 The commands run in interleaved rounds (one of each per round) and the median round is
 reported with its ratio to `import torch`; `--baseline SRC` also times the same commands with
