@@ -1,10 +1,14 @@
-"""Start-up of the `resnets` command: wall time of `--help`, `--version`, `models` and a few
-commands' `--help`, each a fresh interpreter, against `import torch` measured in the same run.
+"""Start-up of the `resnets` command: wall time of `--help`, `--version`, a few commands'
+`--help`, `models` and `models --table1`, each a fresh interpreter, against `import torch`
+measured in the same run.
 
 The commands run in interleaved rounds (one of each per round) and the median round is
 reported with its ratio to `import torch`; `--baseline SRC` also times the same commands with
 another checkout's `resnets` package (e.g. an unpacked `git archive main`), so before/after
-figures come from one run on one (possibly busy) machine. Prints a table and writes JSON.
+figures come from one run on one (possibly busy) machine. An untimed first round writes each
+checkout's bytecode (`__pycache__`, even under PYTHONDONTWRITEBYTECODE), as any installed
+package has it: compiling the sources on every start would be timed otherwise. Prints a table
+and writes JSON.
 
     python benchmarks/bench_startup.py [--rounds 5] [--baseline DIR]
 """
@@ -29,11 +33,12 @@ COMMANDS = {
     "resnets predict --help": ["-m", "resnets", "predict", "--help"],
     "resnets detect train --help": ["-m", "resnets", "detect", "train", "--help"],
     "resnets models": ["-m", "resnets", "models"],
+    "resnets models --table1": ["-m", "resnets", "models", "--table1"],
 }
 
 
 def run_once(argv: list[str], source: str | None) -> float:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     if source is not None:
         env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
     start = time.perf_counter()
@@ -51,6 +56,9 @@ def main() -> None:
 
     variants = {"this": None, **({"baseline": str(Path(args.baseline).resolve())} if args.baseline else {})}
     times: dict[tuple[str, str], list[float]] = {}
+    for source in variants.values():  # warm-up: bytecode written, files in the page cache
+        for argv in COMMANDS.values():
+            run_once(argv, source)
     for _ in range(args.rounds):
         for variant, source in variants.items():
             for name, argv in COMMANDS.items():

@@ -69,24 +69,6 @@ def test_python_dash_m_entry_point():
     assert __version__ in out.stdout
 
 
-def test_models_table_counts_cifar_nets_without_building_them_at_depth():
-    """The table's CIFAR rows follow from n = 1 and n = 2 blocks per stage; they equal the
-    counts of the network built at its depth (ResNet-56 and plain-110 here; ResNet-1202 is
-    the paper's 19.4M parameters, Sec. 4.2)."""
-    import torch
-
-    from resnets.cli import model_rows
-    from resnets.models import count_flops, count_params, create_model
-
-    rows = {r["name"]: r for r in model_rows()}
-    for name in ("cifar_resnet56", "cifar_plain110"):
-        with torch.device("meta"):
-            model = create_model(name)
-        assert rows[name]["params"] == count_params(model)
-        assert rows[name]["gflops"] == count_flops(model, 32) / 1e9
-    assert round(rows["cifar_resnet1202"]["params"] / 1e6, 1) == 19.4
-
-
 def test_a_plain_pickle_is_named_as_such_without_torch_warnings(tmp_path, capsys):
     """Issue 26.2: pickle.dump output given as weights is described as a plain pickle, not as a
     corrupt file, and torch's UserWarning about its pickle protocol is not shown."""

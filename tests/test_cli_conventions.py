@@ -123,21 +123,40 @@ def test_json_is_one_object_on_the_last_line(tmp_path, capsys, tiny_cifar):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"written": str(tmp_path / "fig.png")}
 
 
+def run_in_fresh_interpreter(commands, suffix=(), watched=("torch", "numpy", "safetensors", "PIL")):
+    """Run `resnets COMMAND *suffix` for each command in one fresh interpreter: (its stdout,
+    which of the `watched` modules it imported)."""
+    script = ("import sys\nfrom resnets.cli import main\n"
+              "for argv in sys.argv[1:]:\n"
+              "    try:\n"
+              f"        main(argv.split() + {list(suffix)!r})\n"
+              "    except SystemExit:\n        pass\n"
+              f"print('IMPORTED', sorted(m for m in {tuple(watched)!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", script, *commands], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1].startswith("IMPORTED ")
+    return out.stdout, lines[-1].removeprefix("IMPORTED ")
+
+
 def test_help_of_every_command_imports_no_torch():
     """`resnets CMD --help` answers at once (issue 26.5): no command imports torch (1-2 s, more on a
     busy machine) before it runs. Checked in a fresh interpreter, on every leaf command."""
-    script = ("import sys\nfrom resnets.cli import main\n"
-              "for argv in sys.argv[1:]:\n"
-              "    try:\n        main(argv.split() + ['--help'])\n    except SystemExit:\n        pass\n"
-              "heavy = sorted(m for m in ('torch', 'numpy', 'safetensors', 'PIL') if m in sys.modules)\n"
-              "print('IMPORTED', heavy)\n")
     commands = [""] + [name.removeprefix("resnets").strip() for name in LEAVES]
-    out = subprocess.run([sys.executable, "-c", script, *commands], capture_output=True, text=True, check=True)
-    assert "usage: resnets detect predict" in out.stdout  # every help was printed, nested ones too
-    assert out.stdout.strip().splitlines()[-1] == "IMPORTED []"
-    version = subprocess.run([sys.executable, "-c", script.replace("['--help']", "['--version']"), ""],
-                             capture_output=True, text=True, check=True)
-    assert version.stdout.strip().splitlines()[-1] == "IMPORTED []"
+    out, imported = run_in_fresh_interpreter(commands, ["--help"])
+    assert "usage: resnets detect predict" in out  # every help was printed, nested ones too
+    assert imported == "[]"
+    assert run_in_fresh_interpreter([""], ["--version"])[1] == "[]"
+
+
+def test_models_table_imports_no_torch_compiler():
+    """`resnets models` and `--table1` (issue 26) count multiply-adds and map sizes from the
+    networks' layers: neither torch's FlopCounterMode nor a meta-device forward (its batch
+    norm), both of which import torch._dynamo (1-3 s, most of what the command took)."""
+    out, imported = run_in_fresh_interpreter(["models", "models --table1"],
+                                             watched=("torch", "torch._dynamo", "torch.utils.flop_counter"))
+    assert "cifar_resnet1202" in out and "11.282" in out  # the table was printed, ResNet-152 counted
+    assert "| conv5_x (layer4) | 7x7 |" in out  # and Table 1, with its map sizes
+    assert imported == "['torch']"
 
 
 def test_every_command_that_writes_calls_the_one_out_handling():

@@ -2,8 +2,8 @@
 
 Table 1 (ImageNet, 18-152 layers) and the CIFAR-10 table of Sec. 4.2 are built by
 inspecting networks made by `create_model` on the meta device (no memory, no init):
-output sizes come from running shapes through the layers, block layouts from the
-blocks' convolutions, multiply-adds from `count_flops`. Nothing but the paper's own
+output sizes and multiply-adds come from the layers' shapes (`feature_map_sizes`,
+`count_flops`), block layouts from the blocks' convolutions. Nothing but the paper's own
 FLOPs row (printed for comparison) is typed in.
 """
 
@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..models import IMAGENET_LAYOUTS, ResNet, count_flops, create_model
+from ..models import IMAGENET_LAYOUTS, ResNet, count_flops, create_model, feature_map_sizes, model_spec, network_counts
 
 # Table 1's last row, for comparison with what we count (multiply-adds, x 10^9).
 PAPER_TABLE1_GFLOPS: dict[int, float] = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
@@ -37,18 +37,10 @@ def block_layout(stage: nn.Sequential) -> str:
     return f"[{'; '.join(_conv_text(c) for c in convs)}] x{len(stage)}"
 
 
-def _size(x: torch.Tensor) -> str:
-    return f"{x.shape[-2]}x{x.shape[-1]}"
-
-
 def stage_output_sizes(model: ResNet, input_size: int) -> dict[str, str]:
-    """Spatial size after conv1 and after each stage, from shapes on the meta device."""
-    x = torch.zeros(1, 3, input_size, input_size, device="meta")
-    sizes = {"conv1": _size(model.conv1(x))}
-    with torch.no_grad():
-        features = model.forward_features(x)
-    sizes.update({name: _size(features[name]) for name in model.stage_names})
-    return sizes
+    """Spatial size after conv1 and after each stage ("112x112"), from the network's layers."""
+    sizes = feature_map_sizes(model, input_size)
+    return {name: f"{h}x{w}" for name, (h, w) in sizes.items() if name in ("conv1", *model.stage_names)}
 
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -108,10 +100,9 @@ def cifar_table(depths: Sequence[int] = (20, 32, 44, 56, 110, 1202)) -> str:
     table = _markdown(header, rows)
     depth_rows = []
     for d in depths:
-        model = _meta_model(f"cifar_resnet{d}")
-        n = len(model.layer1)
-        params = sum(p.numel() for p in model.parameters())
-        depth_rows.append([str(d), str(n), f"{params / 1e6:.2f}M", f"{count_flops(model, 32) / 1e6:.0f}M"])
+        n = model_spec(f"cifar_resnet{d}").build.keywords["layers"][0]
+        params, flops = network_counts(f"cifar_resnet{d}")
+        depth_rows.append([str(d), str(n), f"{params / 1e6:.2f}M", f"{flops / 1e6:.0f}M"])
     depth_table = _markdown(["depth 6n+2", "n", "# params", "multiply-adds (32x32)"], depth_rows)
     return ("CIFAR-10 architecture (Sec. 4.2): a 3x3 convolution, then 3 stages of 2n 3x3 layers, global average "
             f"pooling, a {one.fc.out_features}-way fc and softmax.\n\n" + table + "\n\n" + depth_table)

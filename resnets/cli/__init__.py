@@ -20,38 +20,14 @@ from ..errors import ResnetsError
 # --- resnets models ----------------------------------------------------------------------
 
 def model_rows() -> list[dict]:
-    """One row per listed model: depth, shortcut, params and multiply-adds at its natural size.
-
-    Nothing real is built: networks live on the meta device (shapes, no memory, no init).
-    CIFAR networks are not even built at their depth: a 6n+2-layer net is three stages of n
-    blocks whose blocks after the first are identical (Sec. 4.2), so both counts are exactly
-    linear in n and follow from n = 1 and n = 2 (`tests/test_cli.py` checks this against the
-    built ResNet-56 and plain-110). Building and tracing the two 1202-layer nets took 8 of the
-    command's 11 s.
-    """
-    import functools
-
-    import torch  # here, not at the top: `resnets --help` must not import torch
-
-    from ..models import count_flops, count_params, create_model, list_models, model_spec
-
-    @functools.cache
-    def counts(name: str) -> tuple[int, int]:
-        spec = model_spec(name)
-        with torch.device("meta"):
-            model = create_model(name)
-        return count_params(model), count_flops(model, spec.input_size)
+    """One row per listed model: depth, shortcut, params and multiply-adds at its natural size,
+    counted without building the networks at their depth (`resnets.models.network_counts`)."""
+    from ..models import list_models, model_spec, network_counts  # here: `resnets --help` must not import torch
 
     rows = []
     for name in list_models():
         spec = model_spec(name)
-        if spec.family == "cifar":
-            kind = name[: -len(str(spec.depth))]
-            (p1, f1), (p2, f2) = counts(f"{kind}8"), counts(f"{kind}14")  # n = 1 and n = 2
-            n = (spec.depth - 2) // 6
-            params, flops = p1 + (n - 1) * (p2 - p1), f1 + (n - 1) * (f2 - f1)
-        else:
-            params, flops = counts(name)
+        params, flops = network_counts(name)
         rows.append({
             "name": name, "family": spec.family, "depth": spec.depth,
             "shortcut": spec.default_shortcut or "none", "params": params,

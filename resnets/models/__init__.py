@@ -1,7 +1,7 @@
 """The networks of the paper, their counts, and their weights files."""
 
 _FROM = {
-    "counting": ("count_flops", "count_params"),
+    "counting": ("count_flops", "count_params", "feature_map_sizes", "network_counts"),
     "factory": ("CIFAR_DEPTHS", "IMAGENET_LAYOUTS", "ModelSpec", "list_models", "model_spec"),
     "loading": ("create_model", "input_normalization", "model_from_file"),
     "normalize": ("Normalize",),

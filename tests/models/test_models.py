@@ -11,7 +11,8 @@ from reference_nets import randomize_bn
 
 import resnets
 from resnets import CheckpointError, count_flops, count_params, create_model, list_models, load_state_dict
-from resnets.models import BasicBlock, Bottleneck, Normalize, ResNet, ZeroPadShortcut, model_spec, save_weights
+from resnets.models import (BasicBlock, Bottleneck, Normalize, ResNet, ZeroPadShortcut, feature_map_sizes, model_spec,
+                            network_counts, save_weights)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # ResNet-1202 is 19.4M parameters on 1202 layers: its forward/backward alone would take
@@ -106,6 +107,76 @@ def test_v15_stride_placement_costs_more():
     assert count_flops(v15) / 1e9 == pytest.approx(4.09, rel=0.01)
     assert paper.layer2[0].conv1.stride == (2, 2) and paper.layer2[0].conv2.stride == (1, 1)
     assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
+
+
+def plain18_with_odd_layers() -> ResNet:
+    # Shapes `count_flops` must follow on its own: a 1x1/2 ceil-mode pooling whose last window
+    # would start past the input (torch drops it: 112 -> 56, not 57), a 5x5 whose padding
+    # shrinks the map (56 -> 54, so every later map is another size) and a grouped, dilated
+    # 3x3. Plain, so no shortcut has to match the shrunk map.
+    model = create_model("plain18")
+    model.maxpool = torch.nn.MaxPool2d(1, stride=2, ceil_mode=True)
+    model.layer1[0].conv1 = torch.nn.Conv2d(64, 64, 5, padding=1, bias=False)
+    model.layer2[1].conv2 = torch.nn.Conv2d(128, 128, 3, padding=2, dilation=2, groups=4, bias=False)
+    return model
+
+
+@pytest.mark.parametrize("build, input_size", [
+    *[pytest.param(lambda name=name: create_model(name), 224, id=name)
+      for name in list_models() if not name.startswith("cifar")],
+    pytest.param(lambda: create_model("resnet50", stride_in_1x1=False), (199, 257), id="resnet50-v1.5-199x257"),
+    pytest.param(lambda: create_model("resnet18", shortcut="C"), 97, id="resnet18-C-97"),
+    pytest.param(lambda: create_model("resnet101", shortcut="A"), 64, id="resnet101-A-64"),
+    pytest.param(lambda: ResNet(BasicBlock, (2, 2, 2, 2), stem="imagenet_caffe"), 224, id="caffe-stem-ceil-pool-224"),
+    pytest.param(lambda: create_model("cifar_resnet14", shortcut="B"), (33, 45), id="cifar_resnet14-B-33x45"),
+    pytest.param(lambda: create_model("cifar_plain8"), 32, id="cifar_plain8"),
+    pytest.param(plain18_with_odd_layers, 223, id="plain18-odd-layers-223"),
+])
+def test_multiply_adds_equal_torch_flop_counter(build, input_size):
+    """`count_flops` and `feature_map_sizes` follow the structure by themselves; torch's
+    FlopCounterMode on a real (meta) forward is the independent reference (2 FLOPs per
+    multiply-add of convolutions and fc), and the shapes that forward produces."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build().eval()
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = tuple(output.shape[-2:])
+        return hook
+
+    for name, module in {"conv1": model.conv1, "stem": model.maxpool, **{s: getattr(model, s) for s in model.stage_names}}.items():
+        module.register_forward_hook(record(name))
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, h, w, device="meta"))
+    assert count_flops(model, input_size) == counter.get_total_flops() // 2
+    assert feature_map_sizes(model, input_size) == shapes
+
+
+def test_multiply_adds_refuse_what_they_cannot_follow():
+    with torch.device("meta"):
+        model = create_model("resnet18")
+    model.maxpool = torch.nn.AvgPool2d(3, 2)  # a layer the count does not know would be skipped
+    with pytest.raises(TypeError, match="AvgPool2d"):
+        count_flops(model)
+    with pytest.raises(TypeError, match="Sequential"):
+        count_flops(torch.nn.Sequential(model))
+
+
+def test_network_counts_equal_the_network_built_at_depth():
+    """`network_counts` counts from the first network of each kind cut to one block per stage
+    and to two in one stage; that equals the network built at its depth (every ImageNet net,
+    CIFAR ResNet-56, plain-110 and ResNet-8 here; ResNet-1202 is the paper's 19.4M
+    parameters, Sec. 4.2)."""
+    names = [n for n in list_models() if model_spec(n).family == "imagenet"]
+    for name in names + ["cifar_resnet56", "cifar_plain110", "cifar_resnet8"]:
+        with torch.device("meta"):
+            model = create_model(name)
+        assert network_counts(name) == (count_params(model), count_flops(model, model_spec(name).input_size)), name
+    assert round(network_counts("cifar_resnet1202")[0] / 1e6, 1) == 19.4
 
 
 def test_cifar_flops_grow_linearly_with_depth():
