@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from resnets.ops.fused_bn_relu import build_cpu_extension
 
 __all__ = ["load_extension"]
