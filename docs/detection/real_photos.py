@@ -2,14 +2,16 @@
 and a grid of validation photos with their detections.
 
     python docs/detection/real_photos.py --data PATH --run RUN_DIR [--snapshots DIR] \
-        [--appendix-b] [--out docs/detection]
+        [--appendix-b] [--context-run RUN_DIR2] [--out docs/detection]
 
 ``--snapshots`` is a folder of copies of RUN_DIR/checkpoints/last.pt taken while the run
 trained (any names); each is evaluated on the run's own validation split (the seeded split of
 a folder without split files) and the curve is drawn from them. ``--appendix-b`` also
 evaluates the final checkpoint with box refinement, multi-scale testing, and both (inference
-options; global context changes training and needs its own run). Writes ap_vs_iterations.png,
-grid.jpg and real_photos.json to --out.
+options). Global context changes training, so it needs its own run: ``--context-run`` names a
+run of the same recipe with ``global_context=true``, whose final checkpoint is evaluated on the
+same split (refused if anything else in its config differs). Writes ap_vs_iterations.png,
+grid.jpg and real_photos.json to --out, with each run's wall time and images/s.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def _evaluate(path: Path, val: VOCDetection, overrides: dict | None = None) -> d
     return metrics
 
 
+def _training(run: Path) -> dict:
+    """Wall time and speed of a run that trained in one go (elapsed_s restarts at a resume)."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [x for x in lines if x.get("event") == "train"]
+    history = (run / "config_history.jsonl").read_text().splitlines()
+    last = train[-1]
+    return {"iterations": last["iteration"], "starts": len(history), "wall_s": round(last["elapsed_s"], 1),
+            "images_per_s": round(last["iteration"] / last["elapsed_s"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="the photo folder (images/ + annotations/)")
@@ -41,6 +53,7 @@ def main() -> None:
     ap.add_argument("--snapshots", default=None, help="folder of checkpoint copies taken during training")
     ap.add_argument("--appendix-b", action="store_true", help="evaluate the Appendix B inference options too")
     ap.add_argument("--checkpoint", default=None, help="the checkpoint to report (default: RUN_DIR/checkpoints/last.pt)")
+    ap.add_argument("--context-run", default=None, help="the same recipe trained with global_context=true")
     ap.add_argument("--grid", type=int, default=8, help="validation photos in the picture grid")
     ap.add_argument("--out", default="docs/detection")
     args = ap.parse_args()
@@ -52,6 +65,7 @@ def main() -> None:
     report_path = out / "real_photos.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     report["validation"] = {"images": len(val), "ids": val.ids}
+    report["training"] = _training(Path(args.run))
 
     curve = {int(r["iteration"]): r for r in report.get("curve", [])}
     for snap in sorted(Path(args.snapshots).glob("*.pt")) if args.snapshots else []:
@@ -88,6 +102,17 @@ def main() -> None:
                    "multi-scale testing": {"test_scales": [300, 416, 600]},
                    "both": {"box_refinement": True, "test_scales": [300, 416, 600]}}
         report["appendix_b"] = {name: _evaluate(final, val, o) for name, o in options.items()}
+        report_path.write_text(json.dumps(report, indent=1))
+    if args.context_run:
+        context_final = checkpoint_dir(args.context_run) / "last.pt"
+        theirs = dict(load_checkpoint(context_final)["config"])
+        ours = dict(cfg, global_context=True)
+        differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if differ:
+            raise SystemExit(f"--context-run {args.context_run}: its config differs from --run's in {differ}, "
+                             "not only in global_context")
+        report.setdefault("appendix_b", {})["global context (own run)"] = _evaluate(context_final, val)
+        report["context_training"] = _training(Path(args.context_run))
         report_path.write_text(json.dumps(report, indent=1))
 
     # The picture grid: the first validation photos, detections scoring >= 0.5.

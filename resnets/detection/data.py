@@ -214,8 +214,10 @@ class VOCDetection(Dataset):
         """One line for the log: images, background images, objects, classes, clipped boxes."""
         objects = sum(len(t["labels"]) for t in self.targets)  # type: ignore[arg-type]
         background = sum(len(t["labels"]) == 0 for t in self.targets)  # type: ignore[arg-type]
+        classes = len(self.class_names)
+        names = ", ".join(self.class_names[:6]) + (", ..." if classes > 6 else "")
         return (f"{self.root} ({self.layout} layout): {len(self)} images ({background} without objects), "
-                f"{objects} objects of {len(self.class_names)} classes; "
+                f"{objects} objects of {classes} class{'es' if classes != 1 else ''} ({names}); "
                 f"{self.clipped_boxes} boxes reaching outside their image clipped to it")
 
     def __len__(self) -> int:

@@ -16,9 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from resnets.ops.fused_bn_relu import _CAPABILITY_FLAGS
+from resnets.ops.fused_bn_relu import build_cpu_extension
 
 __all__ = ["load_extension"]
 
@@ -37,16 +35,7 @@ def load_extension() -> Any:
         return None
     if _extension is None and not _unavailable:
         try:
-            from torch.utils import cpp_extension
-
-            capability = torch.backends.cpu.get_cpu_capability()
-            flags = _CAPABILITY_FLAGS.get(capability, [])
-            _extension = cpp_extension.load(
-                name=f"resnets_detection_ops_{capability.lower()}",
-                sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-fopenmp", *flags, f"-DCPU_CAPABILITY={capability if flags else 'DEFAULT'}"],
-                extra_ldflags=["-fopenmp"],
-            )
+            _extension = build_cpu_extension("resnets_detection_ops", _SOURCE)
         except Exception as e:  # no compiler, no headers, a failed build: run the PyTorch versions
             _unavailable = True
             log.warning("detection C++ kernels unavailable, using the PyTorch versions: %s", str(e).splitlines()[0])

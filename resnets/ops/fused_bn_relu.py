@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["batch_norm_relu", "fused_bn_relu_enabled", "load_extension"]
+__all__ = ["batch_norm_relu", "build_cpu_extension", "fused_bn_relu_enabled", "load_extension"]
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,23 @@ def load_extension() -> Any:
 
 
 def _build() -> Any:
+    return build_cpu_extension("resnets_bn_relu", _SOURCE)
+
+
+def build_cpu_extension(name: str, source: Path) -> Any:
+    """Compile (or take from torch's cache) one C++ source of ``csrc/`` for this CPU's
+    instruction set; the capability is part of the cached build's name. The shared header
+    ``csrc/vec_io.h`` is found next to the source; ninja rebuilds when it changes."""
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _CAPABILITY_FLAGS.get(capability, [])
     return cpp_extension.load(
-        name=f"resnets_bn_relu_{capability.lower()}",
-        sources=[str(_SOURCE)],
+        name=f"{name}_{capability.lower()}",
+        sources=[str(source)],
         extra_cflags=["-O3", "-fopenmp", *flags, f"-DCPU_CAPABILITY={capability if flags else 'DEFAULT'}"],
         extra_ldflags=["-fopenmp"],
+        extra_include_paths=[str(source.parent)],
     )
 
 

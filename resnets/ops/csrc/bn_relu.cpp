@@ -22,8 +22,8 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+
+#include "vec_io.h"
 
 #include <algorithm>
 #include <array>
@@ -33,8 +33,10 @@
 namespace {
 
 using at::Tensor;
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t VF = Vec::size();
+using resnets_vec::load;
+using resnets_vec::store;
+using resnets_vec::Vec;
+using resnets_vec::VF;
 // Rows are split into chunks of about this many elements, and at least kChunkMinRows rows (so
 // that wide layers do not spend their time adding up per-chunk partial sums); each chunk is
 // one parallel task with its own partial sums (fixed by the shape, so the result is
@@ -43,15 +45,6 @@ constexpr int64_t kChunkElems = 1 << 15;
 constexpr int64_t kChunkMinRows = 128;
 // Within a chunk, fp32 vector sums run over at most this many rows before adding into fp64.
 constexpr int64_t kBlockRows = 256;
-
-inline Vec load(const float* p) { return Vec::loadu(p); }
-inline Vec load(const c10::BFloat16* p) {
-  Vec v;
-  at::vec::load_fp32_from_bf16(p, v);
-  return v;
-}
-inline void store(float* p, const Vec& v) { v.store(p); }
-inline void store(c10::BFloat16* p, const Vec& v) { at::vec::convert_float_bfloat16(v, v).store(p, VF); }
 
 // The normalisation as y = x * scale + offset, from the fp32 mean and invstd. The backward
 // recomputes the ReLU mask with these same values, so it is the forward's mask exactly.

@@ -21,8 +21,8 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
+
+#include "vec_io.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,8 +31,10 @@
 namespace {
 
 using at::Tensor;
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t VF = Vec::size();
+using resnets_vec::load;
+using resnets_vec::store;
+using resnets_vec::Vec;
+using resnets_vec::VF;
 
 // Channels per backward task: a block of channels is one task, so writes never collide.
 constexpr int64_t kChannelBlock = 64;
@@ -128,15 +130,6 @@ Taps roi_align_taps(const Tensor& rois_t, int64_t height, int64_t width, int64_t
   });
   return taps;
 }
-
-inline Vec load(const float* p) { return Vec::loadu(p); }
-inline Vec load(const c10::BFloat16* p) {
-  Vec v;
-  at::vec::load_fp32_from_bf16(p, v);
-  return v;
-}
-inline void store(float* p, const Vec& v) { v.store(p); }
-inline void store(c10::BFloat16* p, const Vec& v) { at::vec::convert_float_bfloat16(v, v).store(p, VF); }
 
 // out[b, :] = sum over the bin's taps of weight * in[pixel, :]. Channels go in blocks of
 // kRegs vectors held in registers across the taps; a scalar loop takes the remainder.
