@@ -73,6 +73,8 @@ def main() -> None:
         if it not in curve:
             curve[it] = _evaluate(snap, val)
             print(f"iteration {it}: {json.dumps(curve[it])}", flush=True)
+            report["curve"] = [curve[k] for k in sorted(curve)]  # kept if this long job is stopped
+            report_path.write_text(json.dumps(report, indent=1))
     it = int(load_checkpoint(final)["iteration"])
     if it not in curve:
         curve[it] = _evaluate(final, val)
