@@ -11,7 +11,7 @@ evaluates the final checkpoint with box refinement, multi-scale testing, and bot
 options). Global context changes training, so it needs its own run: ``--context-run`` names a
 run of the same recipe with ``global_context=true``, whose final checkpoint is evaluated on the
 same split (refused if anything else in its config differs). Writes ap_vs_iterations.png,
-grid.jpg and real_photos.json to --out, with each run's wall time and images/s.
+grid.jpg and real_photos.json to --out, with the wall time and seconds per iteration of each stretch a run trained without stopping.
 """
 
 from __future__ import annotations
@@ -36,14 +36,24 @@ def _evaluate(path: Path, val: VOCDetection, overrides: dict | None = None) -> d
     return metrics
 
 
-def _training(run: Path) -> dict:
-    """Wall time and speed of a run that trained in one go (elapsed_s restarts at a resume)."""
+def _training(run: Path) -> list[dict]:
+    """Wall time and speed of each stretch the run trained without stopping (``elapsed_s``
+    restarts at every resume; a resumed run repeats the iterations after its last checkpoint)."""
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    train = [x for x in lines if x.get("event") == "train"]
-    history = (run / "config_history.jsonl").read_text().splitlines()
-    last = train[-1]
-    return {"iterations": last["iteration"], "starts": len(history), "wall_s": round(last["elapsed_s"], 1),
-            "images_per_s": round(last["iteration"] / last["elapsed_s"], 3)}
+    segments: list[list[dict]] = []
+    for x in (x for x in lines if x.get("event") == "train"):
+        if not segments or x["elapsed_s"] < segments[-1][-1]["elapsed_s"]:
+            segments.append([])
+        segments[-1].append(x)
+    out = []
+    for seg in segments:
+        first, last = seg[0], seg[-1]
+        if last is first:
+            continue
+        its, wall = last["iteration"] - first["iteration"], last["elapsed_s"] - first["elapsed_s"]
+        out.append({"from_iteration": first["iteration"], "to_iteration": last["iteration"], "wall_s": round(wall, 1),
+                    "s_per_iteration": round(wall / its, 2)})
+    return out
 
 
 def main() -> None:
