@@ -11,7 +11,8 @@ evaluates the final checkpoint with box refinement, multi-scale testing, and bot
 options). Global context changes training, so it needs its own run: ``--context-run`` names a
 run of the same recipe with ``global_context=true``, whose final checkpoint is evaluated on the
 same split (refused if anything else in its config differs). Writes ap_vs_iterations.png,
-grid.jpg and real_photos.json to --out, with the wall time and seconds per iteration of each stretch a run trained without stopping.
+grid.jpg and real_photos.json to --out, with the wall time and seconds per iteration of each
+stretch a run trained without stopping.
 """
 
 from __future__ import annotations
