@@ -2,7 +2,10 @@
 the train step (trunk, RPN, NMS, sampling, RoI Align, res5 head, losses), and the train step and
 inference per image at 600 px (Appendix A: 512 RoIs) and at the `finetune` preset's settings.
 
-    python benchmarks/bench_detection.py [--quick] [--baseline REV] [--json FILE]
+    python benchmarks/bench_detection.py [--quick] [--parts ops,steps,profile] [--baseline REV] [--json FILE]
+
+``--parts ops`` runs only the operator rows (RoI Align, RoI Pool, NMS), ``steps`` the train
+step and inference, ``profile`` the train step taken apart (default: all three).
 
 ``--baseline REV`` runs the same measurements on the code of git revision REV (extracted with
 ``git archive`` into a temporary folder, in a subprocess) right before this code's, and adds
@@ -186,15 +189,16 @@ def measure(quick: bool, repeat: int, parts: list[str]) -> list[dict]:
 
 
 def baseline(rev: str, args: argparse.Namespace) -> list[dict]:
-    """The same measurements on the code of git revision ``rev`` (ops and steps; the profile
-    needs this code's pieces)."""
+    """The same measurements on the code of git revision ``rev`` (the parts asked for among ops
+    and steps; the profile needs this code's pieces)."""
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "resnets"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         out = Path(tmp) / "rows.json"
         env = {**os.environ, "PYTHONPATH": tmp}
-        cmd = [sys.executable, __file__, "--parts", "ops,steps", "--repeat", str(args.repeat), "--rows-only", str(out)]
+        parts = ",".join(p for p in args.parts.split(",") if p in ("ops", "steps"))
+        cmd = [sys.executable, __file__, "--parts", parts, "--repeat", str(args.repeat), "--rows-only", str(out)]
         subprocess.run(cmd + (["--quick"] if args.quick else []), check=True, env=env, cwd=tmp)
         return json.loads(out.read_text())
 
