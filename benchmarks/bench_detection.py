@@ -196,7 +196,9 @@ def baseline(rev: str, args: argparse.Namespace) -> list[dict]:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "resnets"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         out = Path(tmp) / "rows.json"
-        env = {**os.environ, "PYTHONPATH": tmp}
+        # Its own build folder for the C++ kernels: they have the same names in both versions, so
+        # a shared one would rebuild them at every switch and could hand one version the other's.
+        env = {**os.environ, "PYTHONPATH": tmp, "TORCH_EXTENSIONS_DIR": str(Path(tmp) / "torch_extensions")}
         parts = ",".join(p for p in args.parts.split(",") if p in ("ops", "steps"))
         cmd = [sys.executable, __file__, "--parts", parts, "--repeat", str(args.repeat), "--rows-only", str(out)]
         subprocess.run(cmd + (["--quick"] if args.quick else []), check=True, env=env, cwd=tmp)
