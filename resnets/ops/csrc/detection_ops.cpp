@@ -361,12 +361,19 @@ void scatter_max_bins(const std::vector<PoolBin>& bins, const scalar_t* in, cons
         if (bin.empty()) continue;
         const scalar_t* g = grad + b * c;
         if (c1 - c0 == kChannelBlock) {
-          Vec mx[kRegs], cell[kRegs];
+          Vec mx[kRegs], cell[kRegs], gv[kRegs];
           bin_max<kRegs>(bin, in, width, c, c0, mx, cell);
-          float where[kChannelBlock];
-          for (int64_t r = 0; r < kRegs; ++r) cell[r].store(where + r * VF);
-          for (int64_t j = 0; j < kChannelBlock; ++j) {
-            if (where[j] >= 0.0f) grad_in[(bin.base + static_cast<int64_t>(where[j])) * c + c0 + j] += static_cast<float>(g[c0 + j]);
+          for (int64_t r = 0; r < kRegs; ++r) gv[r] = load(g + c0 + r * VF);
+          // Each cell of the bin adds the gradient of the channels whose argmax it is, and +0
+          // elsewhere (exact: the sums start at +0 and never become -0), in whole vectors.
+          for (int64_t y = bin.hs; y < bin.he; ++y) {
+            for (int64_t x = bin.ws; x < bin.we; ++x) {
+              const Vec here(static_cast<float>(y * width + x));
+              float* dst = grad_in + (bin.base + y * width + x) * c + c0;
+              for (int64_t r = 0; r < kRegs; ++r) {
+                (Vec::loadu(dst + r * VF) + (gv[r] & (cell[r] == here))).store(dst + r * VF);
+              }
+            }
           }
         } else {
           for (int64_t j = c0; j < c1; ++j) {
