@@ -166,6 +166,10 @@ def test_roi_align_gradient():
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 2, 1.0, 2, True), (x,))
 
 
+def _require_kernels():
+    assert detection_kernels.load_extension() is not None, "the detection C++ kernels did not build (see the log)"
+
+
 @pytest.fixture(params=["pytorch-f64", "pytorch-f32", "kernel-f32"])
 def pool_dtype(request, monkeypatch):
     """Which roi_pool runs, and the feature dtype: the C++ kernel takes fp32 (and bf16) on the
@@ -173,7 +177,7 @@ def pool_dtype(request, monkeypatch):
     if request.param.startswith("pytorch"):
         monkeypatch.setenv("RESNETS_DETECTION_KERNELS", "0")
     else:
-        assert detection_kernels.load_extension() is not None, "the detection C++ kernels did not build (see the log)"
+        _require_kernels()
     return torch.float64 if request.param.endswith("f64") else torch.float32
 
 
@@ -234,7 +238,7 @@ def test_roi_pool_large_bins(pool_dtype):
 
 @pytest.fixture
 def pool_kernel():
-    assert detection_kernels.load_extension() is not None, "the detection C++ kernels did not build (see the log)"
+    _require_kernels()
 
 
 def test_roi_pool_kernel_ties_go_to_the_first_maximum(pool_kernel):
@@ -257,7 +261,7 @@ def test_roi_pool_bf16(monkeypatch, kernel):
     # CPU bf16 autocast hands bf16 features over: bins computed in fp32 as for fp32 features,
     # the max exact, the gradient (small integers here: exact sums) returned in bf16.
     if kernel:
-        assert detection_kernels.load_extension() is not None, "the detection C++ kernels did not build (see the log)"
+        _require_kernels()
     else:
         monkeypatch.setenv("RESNETS_DETECTION_KERNELS", "0")
     gen = torch.Generator().manual_seed(6)
