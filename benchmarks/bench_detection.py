@@ -1,8 +1,12 @@
 """Benchmark the detector: RoI Align / RoI Pool (forward + backward) and NMS, a profile of
 the train step (trunk, RPN, NMS, sampling, RoI Align, res5 head, losses), and the train step and
-inference per image at 600 px (Appendix A: 512 RoIs) and at the `finetune` preset's settings.
+inference per image at 600 px (Appendix A: 512 RoIs; with RoI Align and with the paper's RoI
+pooling, ``roi_op="pool"``) and at the `finetune` preset's settings.
 
-    python benchmarks/bench_detection.py [--quick] [--baseline REV] [--json FILE]
+    python benchmarks/bench_detection.py [--quick] [--parts ops,steps,profile] [--baseline REV] [--json FILE]
+
+``--parts ops`` runs only the operator rows (RoI Align, RoI Pool, NMS), ``steps`` the train
+step and inference, ``profile`` the train step taken apart (default: all three).
 
 ``--baseline REV`` runs the same measurements on the code of git revision REV (extracted with
 ``git archive`` into a temporary folder, in a subprocess) right before this code's, and adds
@@ -70,9 +74,10 @@ def op_rows(quick: bool, repeat: int) -> list[dict]:
     return rows
 
 
-def _detector(size: int, rois: int, anchors: tuple[float, ...], arch: str) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+def _detector(size: int, rois: int, anchors: tuple[float, ...], arch: str,
+              roi_op: str = "align") -> tuple[torch.nn.Module, torch.Tensor, dict]:
     cfg = DetectionConfig(arch=arch, num_classes=3, min_size=size, max_size=int(size * 5 / 3), anchor_sizes=anchors,
-                          batch_size=1, roi_batch_size_per_image=rois)
+                          batch_size=1, roi_batch_size_per_image=rois, roi_op=roi_op)
     torch.manual_seed(0)
     model = build_detector(cfg)
     data = SyntheticShapes(1, image_size=(size, int(size * 4 / 3)), max_object=size // 2, seed=0)
@@ -82,12 +87,13 @@ def _detector(size: int, rois: int, anchors: tuple[float, ...], arch: str) -> tu
 
 def step_rows(quick: bool, repeat: int) -> list[dict]:
     arch = "resnet18" if quick else "resnet50"
-    settings = [("Appendix A", 320 if quick else 600, 512, (128.0, 256.0, 512.0)),
-                ("finetune preset", 224 if quick else 416, 64, (64.0, 128.0, 256.0, 512.0))]
+    settings = [("Appendix A", 320 if quick else 600, 512, (128.0, 256.0, 512.0), "align"),
+                ("Appendix A, RoI pooling", 320 if quick else 600, 512, (128.0, 256.0, 512.0), "pool"),
+                ("finetune preset", 224 if quick else 416, 64, (64.0, 128.0, 256.0, 512.0), "align")]
     rows = []
-    for name, size, rois, anchors in settings:
+    for name, size, rois, anchors, roi_op in settings:
         label = f"{name}: {size} px, {rois} RoIs"
-        model, img, tgt = _detector(size, rois, anchors, arch)
+        model, img, tgt = _detector(size, rois, anchors, arch, roi_op)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
@@ -186,15 +192,18 @@ def measure(quick: bool, repeat: int, parts: list[str]) -> list[dict]:
 
 
 def baseline(rev: str, args: argparse.Namespace) -> list[dict]:
-    """The same measurements on the code of git revision ``rev`` (ops and steps; the profile
-    needs this code's pieces)."""
+    """The same measurements on the code of git revision ``rev`` (the parts asked for among ops
+    and steps; the profile needs this code's pieces)."""
     repo = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "resnets"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         out = Path(tmp) / "rows.json"
-        env = {**os.environ, "PYTHONPATH": tmp}
-        cmd = [sys.executable, __file__, "--parts", "ops,steps", "--repeat", str(args.repeat), "--rows-only", str(out)]
+        # Its own build folder for the C++ kernels: they have the same names in both versions, so
+        # a shared one would rebuild them at every switch and could hand one version the other's.
+        env = {**os.environ, "PYTHONPATH": tmp, "TORCH_EXTENSIONS_DIR": str(Path(tmp) / "torch_extensions")}
+        parts = ",".join(p for p in args.parts.split(",") if p in ("ops", "steps"))
+        cmd = [sys.executable, __file__, "--parts", parts, "--repeat", str(args.repeat), "--rows-only", str(out)]
         subprocess.run(cmd + (["--quick"] if args.quick else []), check=True, env=env, cwd=tmp)
         return json.loads(out.read_text())
 

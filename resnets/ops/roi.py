@@ -12,7 +12,8 @@ bilinear sampling is a *linear* map of the feature map whose weights depend only
 the boxes, so every bin is a weighted bag of channels-last feature rows, summed by
 one ``embedding_bag`` (whose backward scatters the gradient): no per-RoI Python loop,
 and variable per-RoI sampling grids (``sampling_ratio <= 0``) are variable bag
-lengths. Both return channels-last memory (what the res5 convolutions run on).
+lengths. Both return channels-last memory (what the res5 convolutions run on). RoI Pool
+(the paper's choice, ``roi_op="pool"``) has a CPU kernel of the same kind.
 Boxes get no gradient (as in torchvision); coordinates are computed in fp32 for bf16
 features.
 """
@@ -188,10 +189,13 @@ def roi_pool(
 
     Box corners are scaled and rounded to feature cells (inclusive), each RoI is
     split into ``output_size`` bins of ``floor``/``ceil`` cell ranges clipped to
-    the map, and each bin takes the max; empty bins give 0. Vectorised with a
-    range-max table: each bin is the max of 4 overlapping power-of-two windows, so
-    the cost does not grow with the bin size. The gradient of a tied maximum may
-    be shared between the tied cells (torchvision gives it to one).
+    the map, and each bin takes the max; empty bins give 0. On the CPU (fp32 or bf16
+    features) it runs the C++ kernel of :mod:`resnets.ops.detection_kernels` (max over
+    contiguous channels per bin; the gradient goes to torchvision's argmax, the first
+    maximum in row-major order). Elsewhere, or without a compiler, it is vectorised in
+    PyTorch with a range-max table: each bin is the max of 4 overlapping power-of-two
+    windows, so the cost does not grow with the bin size; there the gradient of a tied
+    maximum may be shared between the tied cells.
     """
     rois = _check_rois(input, boxes)
     n, c, h, w = input.shape
@@ -199,13 +203,16 @@ def roi_pool(
     k = rois.shape[0]
     if k == 0:
         return input.new_zeros((0, c, oh, ow))
+    if _kernel_applies(input):
+        return _RoIPoolKernel.apply(input, rois.float().contiguous(), oh, ow, float(spatial_scale))
     corners = _round_half_away(rois[:, 1:] * spatial_scale).to(torch.int64)
     batch = rois[:, 0].to(torch.int64)
 
     def axis(lo: Tensor, hi: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
-        length = (hi - lo + 1).clamp(min=1).to(input.dtype)
+        # Bin edges in the coordinate dtype (fp32 for bf16 features), as the kernel computes them.
+        length = (hi - lo + 1).clamp(min=1).to(rois.dtype)
         bin_size = length / pooled
-        p = torch.arange(pooled, device=input.device, dtype=input.dtype)
+        p = torch.arange(pooled, device=input.device, dtype=rois.dtype)
         s = torch.floor(p[None] * bin_size[:, None]).to(torch.int64) + lo[:, None]
         e = torch.ceil((p[None] + 1) * bin_size[:, None]).to(torch.int64) + lo[:, None]
         return s.clamp(0, size), e.clamp(0, size)
@@ -235,6 +242,30 @@ def roi_pool(
     ])
     out = out.masked_fill(empty[..., None], 0.0)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+class _RoIPoolKernel(torch.autograd.Function):
+    """RoI max pooling through the C++ CPU kernel (resnets/ops/csrc/detection_ops.cpp). The
+    backward finds the argmax again from the saved input rows (a view of a channels-last input)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, oh: int, ow: int, spatial_scale: float) -> Tensor:  # type: ignore[override]
+        rows = input.permute(0, 2, 3, 1).contiguous()
+        out = load_extension().roi_pool_forward(rows, rois, oh, ow, spatial_scale)
+        ctx.save_for_backward(rows, rois)
+        ctx.spatial_scale = spatial_scale
+        return out.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: what res5 runs on
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        rows, rois = ctx.saved_tensors
+        g = None
+        if ctx.needs_input_grad[0]:
+            g = load_extension().roi_pool_backward(grad.permute(0, 2, 3, 1).to(rows.dtype).contiguous(), rows, rois,
+                                                   ctx.spatial_scale)
+            g = g.permute(0, 3, 1, 2).to(rows.dtype)
+        return g, None, None, None, None
 
 
 class _MaxOfRows(torch.autograd.Function):

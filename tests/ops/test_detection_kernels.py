@@ -1,6 +1,6 @@
 """The C++ RoI Align / NMS kernels (resnets/ops/csrc/detection_ops.cpp) give the results of the
 PyTorch versions, which tests/ops/test_roi.py and test_boxes.py check against transcriptions of
-torchvision's kernels. The first test to need the kernels compiles them (about a minute on 2
+torchvision's kernels (test_roi.py checks the RoI Pool kernel against them directly). The first test to need the kernels compiles them (about a minute on 2
 cores, once per session)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resnets.ops import batched_nms, nms, roi_align
+from resnets.ops import batched_nms, nms, roi_align, roi_pool
 from resnets.ops import detection_kernels
 
 
@@ -91,4 +91,6 @@ def test_without_a_compiler_the_pytorch_versions_run(monkeypatch):
     x = torch.randn(1, 3, 8, 8)
     out = roi_align(x, torch.tensor([[0.0, 1, 1, 6, 6]]), 2, 1.0, 2, True)
     assert out.shape == (1, 3, 2, 2)
+    pooled = roi_pool(x, torch.tensor([[0.0, 0, 0, 7, 7]]), 1)
+    torch.testing.assert_close(pooled.flatten(), x.amax(dim=(2, 3)).flatten())
     assert nms(torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2.1]]), torch.tensor([1.0, 0.9]), 0.5).tolist() == [0]

@@ -1,13 +1,17 @@
-"""roi_align / roi_pool against loop references that transcribe torchvision's CPU kernels."""
+"""roi_align / roi_pool against loop references that transcribe torchvision's CPU kernels.
+
+roi_pool is checked on both of its implementations: the C++ kernel (fp32 / bf16 features on
+the CPU) and the PyTorch version (float64 features, or ``RESNETS_DETECTION_KERNELS=0``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from resnets.ops import roi_align, roi_pool
+from resnets.ops import detection_kernels, roi_align, roi_pool
 
 
 def _bilinear(f: torch.Tensor, y: float, x: float) -> torch.Tensor:
@@ -61,25 +65,48 @@ def _c_round(v: float) -> int:
     return int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
 
 
-def _roi_pool_ref(x, rois, out, scale):
-    k = rois.shape[0]
-    h, w = x.shape[-2:]
-    res = torch.zeros(k, x.shape[1], out, out, dtype=x.dtype)
-    for r in range(k):
+def _pool_bins(rois, h, w, out, scale, t):
+    """The bins of torchvision's roi_pool_kernel.cpp, its arithmetic in ``T = t`` (np.float32
+    for fp32 features; the op computes bf16 features' bins in fp32 too):
+    (roi, image, ph, pw, hs, he, ws, we)."""
+    oh, ow = _pair(out)
+    for r in range(rois.shape[0]):
         b, x1, y1, x2, y2 = rois[r].tolist()
-        sw, sh, ew, eh = (_c_round(v * scale) for v in (x1, y1, x2, y2))
-        rw, rh = max(ew - sw + 1, 1), max(eh - sh + 1, 1)
-        bh, bw = rh / out, rw / out
-        for ph in range(out):
-            for pw in range(out):
-                hs = min(max(math.floor(ph * bh) + sh, 0), h)
-                he = min(max(math.ceil((ph + 1) * bh) + sh, 0), h)
-                ws = min(max(math.floor(pw * bw) + sw, 0), w)
-                we = min(max(math.ceil((pw + 1) * bw) + sw, 0), w)
-                if he <= hs or we <= ws:
-                    continue
-                res[r, :, ph, pw] = x[int(b), :, hs:he, ws:we].amax(dim=(-1, -2))
+        sw, sh, ew, eh = (_c_round(t(v) * t(scale)) for v in (x1, y1, x2, y2))
+        rw, rh = max(ew - sw + 1, 1), max(eh - sh + 1, 1)  # malformed RoIs are 1x1
+        bh, bw = t(rh) / t(oh), t(rw) / t(ow)
+        for ph in range(oh):
+            for pw in range(ow):
+                hs = min(max(math.floor(t(ph) * bh) + sh, 0), h)
+                he = min(max(math.ceil(t(ph + 1) * bh) + sh, 0), h)
+                ws = min(max(math.floor(t(pw) * bw) + sw, 0), w)
+                we = min(max(math.ceil(t(pw + 1) * bw) + sw, 0), w)
+                yield r, int(b), ph, pw, hs, he, ws, we
+
+
+def _coord_type(x):
+    return np.float64 if x.dtype == torch.float64 else np.float32
+
+
+def _roi_pool_ref(x, rois, out, scale=1.0):
+    """Forward: each bin's max; empty bins give 0."""
+    res = torch.zeros(rois.shape[0], x.shape[1], *_pair(out), dtype=x.dtype)
+    for r, b, ph, pw, hs, he, ws, we in _pool_bins(rois, *x.shape[-2:], out, scale, _coord_type(x)):
+        if he > hs and we > ws:
+            res[r, :, ph, pw] = x[b, :, hs:he, ws:we].amax(dim=(-1, -2))
     return res
+
+
+def _roi_pool_grad_ref(x, rois, out, scale, grad):
+    """Backward: each bin's gradient goes to its argmax, the first maximum in torchvision's
+    scan (h, then w, replaced only by a strictly greater value); float64 sums."""
+    gx = torch.zeros(x.shape, dtype=torch.float64)
+    channels = torch.arange(x.shape[1])
+    for r, b, ph, pw, hs, he, ws, we in _pool_bins(rois, *x.shape[-2:], out, scale, _coord_type(x)):
+        if he > hs and we > ws:
+            cell = x[b, :, hs:he, ws:we].double().reshape(x.shape[1], -1).argmax(dim=1)  # first maximum
+            gx[b, channels, hs + cell // (we - ws), ws + cell % (we - ws)] += grad[r, :, ph, pw].double()
+    return gx
 
 
 def _rois(gen: torch.Generator, n_img: int, k: int, size: float) -> torch.Tensor:
@@ -139,17 +166,48 @@ def test_roi_align_gradient():
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 2, 1.0, 2, True), (x,))
 
 
+def _require_kernels():
+    assert detection_kernels.load_extension() is not None, "the detection C++ kernels did not build (see the log)"
+
+
+@pytest.fixture(params=["pytorch-f64", "pytorch-f32", "kernel-f32"])
+def pool_dtype(request, monkeypatch):
+    """Which roi_pool runs, and the feature dtype: the C++ kernel takes fp32 (and bf16) on the
+    CPU; float64 or RESNETS_DETECTION_KERNELS=0 takes the PyTorch version."""
+    if request.param.startswith("pytorch"):
+        monkeypatch.setenv("RESNETS_DETECTION_KERNELS", "0")
+    else:
+        _require_kernels()
+    return torch.float64 if request.param.endswith("f64") else torch.float32
+
+
+def _pair(out):
+    return (out, out) if isinstance(out, int) else out
+
+
+def _pool_and_grad(x, rois, out, scale, grad):
+    xx = x.clone().requires_grad_()
+    y = roi_pool(xx, rois, out, scale)
+    y.backward(grad)
+    return y.detach(), xx.grad
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
-def test_roi_pool_matches_reference(scale):
+def test_roi_pool_matches_reference(pool_dtype, scale):
+    # 131 channels: the kernel's vector blocks and a scalar remainder; two images.
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 131, 9, 11, generator=gen, dtype=torch.float64).to(pool_dtype)
     rois = _rois(gen, 2, 12, 11.0 / scale)
-    torch.testing.assert_close(roi_pool(x, rois, 3, scale), _roi_pool_ref(x, rois, 3, scale))
-    torch.testing.assert_close(roi_pool(x, rois, (2, 2), scale), _roi_pool_ref(x, rois, 2, scale))
+    for out in (3, (2, 4)):
+        grad = torch.randn(12, 131, *_pair(out), generator=gen, dtype=torch.float64).to(pool_dtype)
+        y, gx = _pool_and_grad(x, rois, out, scale, grad)
+        assert y.dtype == pool_dtype and gx.dtype == pool_dtype
+        torch.testing.assert_close(y, _roi_pool_ref(x, rois, out, scale), rtol=0, atol=0)  # a max is exact
+        torch.testing.assert_close(gx, _roi_pool_grad_ref(x, rois, out, scale, grad).to(pool_dtype))  # sums in fp32
 
 
-def test_roi_pool_rounds_half_away_from_zero_and_empty_bins():
-    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+def test_roi_pool_rounds_half_away_from_zero_and_empty_bins(pool_dtype):
+    x = torch.arange(25.0, dtype=pool_dtype).reshape(1, 1, 5, 5)
     # x1 * 0.5 = 1.5 rounds to 2 (torch.round would give 2 too), 2.5 -> 3 (torch.round: 2).
     out = roi_pool(x, torch.tensor([[0.0, 5.0, 5.0, 5.0, 5.0]]), 1, 0.5)
     assert out.item() == x[0, 0, 3, 3].item()
@@ -160,28 +218,76 @@ def test_roi_pool_rounds_half_away_from_zero_and_empty_bins():
     assert x.grad[0, 0, 4, 4] == 1 and x.grad.sum() == 1
 
 
-def test_roi_pool_gradient_and_large_bins():
+def test_roi_pool_gradcheck():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(2, 2, 7, 9, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0.0, 0, 0, 8, 6], [1.0, 2, 1, 5, 6], [1.0, -4, -4, 30, 30]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: roi_pool(t, rois, 2, 1.0), (x,))
-    # Bins of up to 9x12 cells (several table levels) still match the loop reference.
-    big = torch.randn(1, 3, 20, 26, generator=gen, dtype=torch.float64)
+
+
+def test_roi_pool_large_bins(pool_dtype):
+    # Bins of up to 9x12 cells (several levels of the PyTorch version's range-max table).
+    gen = torch.Generator().manual_seed(4)
+    big = torch.randn(1, 3, 20, 26, generator=gen, dtype=torch.float64).to(pool_dtype)
     r = torch.tensor([[0.0, 0, 0, 25, 19], [0.0, 3, 2, 17, 11]], dtype=torch.float64)
-    torch.testing.assert_close(roi_pool(big, r, (2, 3)), _roi_pool_ref_rect(big, r, (2, 3)))
+    grad = torch.randn(2, 3, 2, 3, generator=gen, dtype=torch.float64).to(pool_dtype)
+    y, gx = _pool_and_grad(big, r, (2, 3), 1.0, grad)
+    torch.testing.assert_close(y, _roi_pool_ref(big, r, (2, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(gx, _roi_pool_grad_ref(big, r, (2, 3), 1.0, grad).to(pool_dtype))
 
 
-def _roi_pool_ref_rect(x, rois, out):
-    oh, ow = out
-    res = torch.zeros(rois.shape[0], x.shape[1], oh, ow, dtype=x.dtype)
-    h, w = x.shape[-2:]
-    for k in range(rois.shape[0]):
-        b, x1, y1, x2, y2 = (int(round(v)) for v in rois[k].tolist())
-        bh, bw = (y2 - y1 + 1) / oh, (x2 - x1 + 1) / ow
-        for ph in range(oh):
-            for pw in range(ow):
-                hs, he = min(max(math.floor(ph * bh) + y1, 0), h), min(max(math.ceil((ph + 1) * bh) + y1, 0), h)
-                ws, we = min(max(math.floor(pw * bw) + x1, 0), w), min(max(math.ceil((pw + 1) * bw) + x1, 0), w)
-                if he > hs and we > ws:
-                    res[k, :, ph, pw] = x[b, :, hs:he, ws:we].amax(dim=(-1, -2))
-    return res
+@pytest.fixture
+def pool_kernel():
+    _require_kernels()
+
+
+def test_roi_pool_kernel_ties_go_to_the_first_maximum(pool_kernel):
+    # Values in {0, 1, 2}: most bins hold tied maxima, and constant bins tie everywhere; the
+    # gradient must go to the first in row-major order, as in torchvision, never be shared.
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 3, (3, 70, 10, 13), generator=gen).float()
+    x[1, :, :5, :6] = 1.0
+    rois = _rois(gen, 3, 16, 13.0)
+    rois[4] = torch.tensor([1.0, 0, 0, 5, 4])  # the constant corner
+    grad = torch.randint(1, 5, (16, 70, 4, 3), generator=gen).float()
+    y, gx = _pool_and_grad(x, rois, (4, 3), 1.0, grad)
+    torch.testing.assert_close(y, _roi_pool_ref(x, rois, (4, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(gx.double(), _roi_pool_grad_ref(x, rois, (4, 3), 1.0, grad), rtol=0, atol=0)
+    assert gx[1, :, 0, 0].min() > 0  # the constant corner's first cell took its bin's gradient
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "pytorch"])
+def test_roi_pool_bf16(monkeypatch, kernel):
+    # CPU bf16 autocast hands bf16 features over: bins computed in fp32 as for fp32 features,
+    # the max exact, the gradient (small integers here: exact sums) returned in bf16.
+    if kernel:
+        _require_kernels()
+    else:
+        monkeypatch.setenv("RESNETS_DETECTION_KERNELS", "0")
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 131, 30, 17, generator=gen).bfloat16()
+    rois = _rois(gen, 2, 40, 17 / 0.25)
+    rois[4] = torch.tensor([1.0, 0, 0, 40, 112])  # 29 rows in 7 bins: bf16 bin edges would be off by one
+    grad = torch.randint(-4, 5, (40, 131, 7, 7), generator=gen).bfloat16()
+    y, gx = _pool_and_grad(x, rois, 7, 0.25, grad)
+    assert y.dtype == gx.dtype == torch.bfloat16
+    torch.testing.assert_close(y, _roi_pool_ref(x, rois, 7, 0.25), rtol=0, atol=0)
+    if kernel:  # (the PyTorch version may share a tied maximum's gradient, and bf16 ties often)
+        assert y.is_contiguous(memory_format=torch.channels_last)  # what res5 runs on
+        torch.testing.assert_close(gx.double(), _roi_pool_grad_ref(x, rois, 7, 0.25, grad), rtol=0, atol=0)
+
+
+def test_roi_pool_kernel_does_not_depend_on_the_thread_count(pool_kernel):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 200, 12, 15, generator=gen)
+    rois = _rois(gen, 2, 30, 15.0 * 16)
+    grad = torch.randn(30, 200, 7, 7, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            runs.append(_pool_and_grad(x, rois, 7, 1 / 16, grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

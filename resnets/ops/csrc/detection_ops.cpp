@@ -1,8 +1,10 @@
-// RoI Align (forward and backward) on channels-last features, and greedy NMS, for the CPU.
+// RoI Align and RoI max pooling (forward and backward) on channels-last features, and greedy
+// NMS, for the CPU.
 //
-// Why: in the C4 detector's training step RoI Align (512 RoIs, 14x14 bins, C=1024) and the
-// proposal NMS (12,000 boxes) are not convolutions, yet in pure PyTorch they took about half
-// of the step (issue 24, benchmarks/bench_detection.py). Here both are plain loops:
+// Why: in the C4 detector's training step RoI Align / RoI pooling (512 RoIs, 14x14 bins,
+// C=1024) and the proposal NMS (12,000 boxes) are not convolutions, yet in pure PyTorch they
+// took about half of the step, RoI pooling more than the whole rest of it (issue 24,
+// benchmarks/bench_detection.py). Here they are plain loops:
 //
 // - RoI Align follows torchvision's CPU kernel (roi_align_kernel.cpp) sample by sample: each
 //   bin averages grid_h x grid_w bilinear samples, samples more than one pixel outside the map
@@ -11,7 +13,13 @@
 //   channels per bin (parallel over bins), and the backward adds the weighted gradient rows
 //   into the feature gradient (parallel over blocks of channels, so no two threads write the
 //   same element and the sum order is fixed: results do not depend on the thread count).
-//   Features are fp32 or bf16 (what CPU bf16 autocast produces); sums run in fp32.
+// - RoI max pooling follows torchvision's CPU kernel (roi_pool_kernel.cpp): each bin is a
+//   rounded cell range whose maximum is taken over C contiguous channels (parallel over bins);
+//   the backward finds each bin's argmax again from the saved input, with torchvision's
+//   tie rule, and adds the gradient there (parallel over channel blocks, as RoI Align's).
+//   Recomputing the argmax instead of storing it saves an int32 tensor as large as the
+//   output (411 MB at 512 RoIs x 14 x 14 x 1024).
+// - Features are fp32 or bf16 (what CPU bf16 autocast produces); sums and comparisons run in fp32.
 // - NMS is torchvision's greedy sweep over boxes sorted by decreasing score, with IoU computed
 //   as torchvision does (inter / (area_i + area_j - inter)), optionally only between boxes of
 //   the same category (batched NMS), stopping after max_output kept boxes.
@@ -25,6 +33,7 @@
 #include "vec_io.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <vector>
 
@@ -233,6 +242,193 @@ Tensor roi_align_backward(const Tensor& grad, const Tensor& rois, int64_t n, int
   return grad_in;
 }
 
+// RoI max pooling, as torchvision's roi_pool_kernel.cpp. The cell range [hs, he) x [ws, we)
+// of every bin, computed as torchvision does in fp32: C round() of the scaled corners,
+// malformed RoIs forced to 1x1, floor / ceil bin edges, clipped to the map.
+struct PoolBin {
+  int64_t base;  // first row of the RoI's image in the [N * H * W, C] feature rows
+  int64_t hs, he, ws, we;
+  bool empty() const { return he <= hs || we <= ws; }
+};
+
+std::vector<PoolBin> roi_pool_bins(const Tensor& rois_t, int64_t height, int64_t width, int64_t pooled_h,
+                                   int64_t pooled_w, double spatial_scale_d) {
+  const int64_t k = rois_t.size(0);
+  auto rois = rois_t.accessor<float, 2>();
+  const float scale = static_cast<float>(spatial_scale_d);
+  std::vector<PoolBin> bins(k * pooled_h * pooled_w);
+  for (int64_t r = 0; r < k; ++r) {
+    const int64_t base = static_cast<int64_t>(rois[r][0]) * height * width;
+    const int64_t sw = static_cast<int64_t>(std::round(rois[r][1] * scale));
+    const int64_t sh = static_cast<int64_t>(std::round(rois[r][2] * scale));
+    const int64_t ew = static_cast<int64_t>(std::round(rois[r][3] * scale));
+    const int64_t eh = static_cast<int64_t>(std::round(rois[r][4] * scale));
+    const float bin_h = static_cast<float>(std::max<int64_t>(eh - sh + 1, 1)) / static_cast<float>(pooled_h);
+    const float bin_w = static_cast<float>(std::max<int64_t>(ew - sw + 1, 1)) / static_cast<float>(pooled_w);
+    auto clip = [](int64_t v, int64_t size) { return std::min(std::max<int64_t>(v, 0), size); };
+    for (int64_t ph = 0; ph < pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < pooled_w; ++pw) {
+        PoolBin& bin = bins[(r * pooled_h + ph) * pooled_w + pw];
+        bin.base = base;
+        bin.hs = clip(static_cast<int64_t>(std::floor(static_cast<float>(ph) * bin_h)) + sh, height);
+        bin.he = clip(static_cast<int64_t>(std::ceil(static_cast<float>(ph + 1) * bin_h)) + sh, height);
+        bin.ws = clip(static_cast<int64_t>(std::floor(static_cast<float>(pw) * bin_w)) + sw, width);
+        bin.we = clip(static_cast<int64_t>(std::ceil(static_cast<float>(pw + 1) * bin_w)) + sw, width);
+      }
+    }
+  }
+  return bins;
+}
+
+// The max over one bin of channels [c0, c0 + kRegs * VF), and the cell (h * W + w, as a float;
+// -1 while nothing beat the start value) that holds it. torchvision's scan: start at -FLT_MAX,
+// h then w, replace only on a strictly greater value, so ties keep the first cell and NaN never
+// wins.
+template <int64_t kRegs, typename scalar_t>
+void bin_max(const PoolBin& bin, const scalar_t* in, int64_t width, int64_t c, int64_t c0, Vec* mx, Vec* cell) {
+  for (int64_t r = 0; r < kRegs; ++r) {
+    mx[r] = Vec(-FLT_MAX);
+    if (cell) cell[r] = Vec(-1.0f);
+  }
+  for (int64_t y = bin.hs; y < bin.he; ++y) {
+    for (int64_t x = bin.ws; x < bin.we; ++x) {
+      const scalar_t* row = in + (bin.base + y * width + x) * c + c0;
+      const Vec here(static_cast<float>(y * width + x));
+      for (int64_t r = 0; r < kRegs; ++r) {
+        const Vec v = load(row + r * VF);
+        const Vec greater = v > mx[r];
+        mx[r] = Vec::blendv(mx[r], v, greater);
+        if (cell) cell[r] = Vec::blendv(cell[r], here, greater);
+      }
+    }
+  }
+}
+
+// The same for one channel j, in scalar code (the channels past the vector blocks).
+template <typename scalar_t>
+float bin_max_scalar(const PoolBin& bin, const scalar_t* in, int64_t width, int64_t c, int64_t j, int64_t* cell) {
+  float mx = -FLT_MAX;
+  *cell = -1;
+  for (int64_t y = bin.hs; y < bin.he; ++y) {
+    for (int64_t x = bin.ws; x < bin.we; ++x) {
+      const float v = static_cast<float>(in[(bin.base + y * width + x) * c + j]);
+      if (v > mx) {
+        mx = v;
+        *cell = y * width + x;
+      }
+    }
+  }
+  return mx;
+}
+
+// out[b, :] = max over the bin's cells of in[cell, :]; empty bins give 0. Parallel over bins.
+template <typename scalar_t>
+void max_bins(const std::vector<PoolBin>& bins, const scalar_t* in, scalar_t* out, int64_t width, int64_t c) {
+  constexpr int64_t kRegs = 8;
+  const int64_t vec_end = c - c % (kRegs * VF);
+  at::parallel_for(0, static_cast<int64_t>(bins.size()), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const PoolBin& bin = bins[b];
+      scalar_t* o = out + b * c;
+      if (bin.empty()) {
+        std::fill(o, o + c, static_cast<scalar_t>(0.0f));
+        continue;
+      }
+      for (int64_t c0 = 0; c0 < vec_end; c0 += kRegs * VF) {
+        Vec mx[kRegs];
+        bin_max<kRegs>(bin, in, width, c, c0, mx, nullptr);
+        for (int64_t r = 0; r < kRegs; ++r) store(o + c0 + r * VF, mx[r]);
+      }
+      int64_t cell;
+      for (int64_t j = vec_end; j < c; ++j) o[j] = static_cast<scalar_t>(bin_max_scalar(bin, in, width, c, j, &cell));
+    }
+  });
+}
+
+// grad_in[argmax cell, :] += grad[b, :], the argmax found again from the input (nothing but
+// the input and the RoIs is kept between forward and backward). One task per block of
+// channels, bins in order: no two threads write the same element.
+template <typename scalar_t>
+void scatter_max_bins(const std::vector<PoolBin>& bins, const scalar_t* in, const scalar_t* grad, float* grad_in,
+                      int64_t width, int64_t c) {
+  constexpr int64_t kRegs = kChannelBlock / VF;
+  const int64_t blocks = (c + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kChannelBlock, c1 = std::min(c, c0 + kChannelBlock);
+      for (int64_t b = 0; b < static_cast<int64_t>(bins.size()); ++b) {
+        const PoolBin& bin = bins[b];
+        if (bin.empty()) continue;
+        const scalar_t* g = grad + b * c;
+        if (c1 - c0 == kChannelBlock) {
+          Vec mx[kRegs], cell[kRegs], gv[kRegs];
+          bin_max<kRegs>(bin, in, width, c, c0, mx, cell);
+          for (int64_t r = 0; r < kRegs; ++r) gv[r] = load(g + c0 + r * VF);
+          // Each cell of the bin adds the gradient of the channels whose argmax it is, and +0
+          // elsewhere (exact: the sums start at +0 and never become -0), in whole vectors.
+          for (int64_t y = bin.hs; y < bin.he; ++y) {
+            for (int64_t x = bin.ws; x < bin.we; ++x) {
+              const Vec here(static_cast<float>(y * width + x));
+              float* dst = grad_in + (bin.base + y * width + x) * c + c0;
+              for (int64_t r = 0; r < kRegs; ++r) {
+                (Vec::loadu(dst + r * VF) + (gv[r] & (cell[r] == here))).store(dst + r * VF);
+              }
+            }
+          }
+        } else {
+          for (int64_t j = c0; j < c1; ++j) {
+            int64_t cell;
+            bin_max_scalar(bin, in, width, c, j, &cell);
+            if (cell >= 0) grad_in[(bin.base + cell) * c + j] += static_cast<float>(g[j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_pool_input(const Tensor& input, const Tensor& rois) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous(), "input must be a contiguous [N, H, W, C] tensor");
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16, "input must be fp32 or bf16");
+  // The backward carries argmax cells in float lanes: exact below 2^24.
+  TORCH_CHECK(input.size(1) * input.size(2) < (int64_t{1} << 24), "feature maps must have fewer than 2^24 cells");
+  check_rois(rois);
+}
+
+// input: [N, H, W, C] contiguous (channels-last rows), fp32 or bf16. Returns [K, oh, ow, C].
+Tensor roi_pool_forward(const Tensor& input, const Tensor& rois, int64_t pooled_h, int64_t pooled_w,
+                        double spatial_scale) {
+  check_pool_input(input, rois);
+  const int64_t h = input.size(1), w = input.size(2), c = input.size(3), k = rois.size(0);
+  Tensor out = at::empty({k, pooled_h, pooled_w, c}, input.options());
+  const std::vector<PoolBin> bins = roi_pool_bins(rois, h, w, pooled_h, pooled_w, spatial_scale);
+  if (input.scalar_type() == at::kFloat) {
+    max_bins<float>(bins, input.data_ptr<float>(), out.data_ptr<float>(), w, c);
+  } else {
+    max_bins<c10::BFloat16>(bins, input.data_ptr<c10::BFloat16>(), out.data_ptr<c10::BFloat16>(), w, c);
+  }
+  return out;
+}
+
+// grad: [K, oh, ow, C], input: the forward's [N, H, W, C] rows, same dtype. Returns the fp32
+// gradient of the input.
+Tensor roi_pool_backward(const Tensor& grad, const Tensor& input, const Tensor& rois, double spatial_scale) {
+  check_pool_input(input, rois);
+  TORCH_CHECK(grad.dim() == 4 && grad.is_contiguous() && grad.scalar_type() == input.scalar_type() &&
+                  grad.size(0) == rois.size(0) && grad.size(3) == input.size(3),
+              "grad must be a contiguous [K, oh, ow, C] tensor of the input's dtype");
+  const int64_t h = input.size(1), w = input.size(2), c = input.size(3), pooled_h = grad.size(1), pooled_w = grad.size(2);
+  Tensor grad_in = at::zeros(input.sizes(), input.options().dtype(at::kFloat));
+  const std::vector<PoolBin> bins = roi_pool_bins(rois, h, w, pooled_h, pooled_w, spatial_scale);
+  if (input.scalar_type() == at::kFloat) {
+    scatter_max_bins<float>(bins, input.data_ptr<float>(), grad.data_ptr<float>(), grad_in.data_ptr<float>(), w, c);
+  } else {
+    scatter_max_bins<c10::BFloat16>(bins, input.data_ptr<c10::BFloat16>(), grad.data_ptr<c10::BFloat16>(),
+                                    grad_in.data_ptr<float>(), w, c);
+  }
+  return grad_in;
+}
+
 // boxes: [N, 4] float32, sorted by decreasing score; categories: [N] int64 or empty (one
 // category). Returns the kept positions (int64), in order.
 Tensor nms_sorted(const Tensor& boxes, const Tensor& categories, double iou_threshold, int64_t max_output) {
@@ -284,5 +480,7 @@ Tensor nms_sorted(const Tensor& boxes, const Tensor& categories, double iou_thre
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("roi_align_forward", &roi_align_forward, "RoI Align forward on [N, H, W, C] features");
   m.def("roi_align_backward", &roi_align_backward, "RoI Align backward; fp32 [N, H, W, C] gradient");
+  m.def("roi_pool_forward", &roi_pool_forward, "RoI max pooling forward on [N, H, W, C] features");
+  m.def("roi_pool_backward", &roi_pool_backward, "RoI max pooling backward; fp32 [N, H, W, C] gradient");
   m.def("nms_sorted", &nms_sorted, "greedy NMS over score-sorted boxes");
 }
