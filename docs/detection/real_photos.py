@@ -105,8 +105,10 @@ def main() -> None:
     ax.set_xlabel("training iteration (1 image each)")
     ax.set_ylabel(f"AP on {len(val)} validation photos")
     ax.set_ylim(0, 1)
+    if its[-1] > it:  # snapshots of a continuation past the reported checkpoint
+        ax.axvline(it, color="gray", linestyle=":", label=f"reported checkpoint (iteration {it})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "ap_vs_iterations.png", dpi=110)
 
