@@ -154,18 +154,17 @@ class _RoIAlignKernel(torch.autograd.Function):
                 sampling_ratio: int, aligned: bool) -> Tensor:
         ext = load_extension()
         rows = input.permute(0, 2, 3, 1).contiguous()  # a view when input is channels-last already
-        out = ext.roi_align_forward(rows, rois, oh, ow, spatial_scale, sampling_ratio, aligned)
-        ctx.save_for_backward(rois)
-        ctx.args = (input.shape, input.dtype, spatial_scale, sampling_ratio, aligned)
+        out, *taps = ext.roi_align_forward(rows, rois, oh, ow, spatial_scale, sampling_ratio, aligned)
+        ctx.save_for_backward(*taps)  # (pixel, weight) of every bin: the backward reuses them
+        ctx.args = (input.shape, input.dtype)
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory: what res5 runs on
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (rois,) = ctx.saved_tensors
-        (n, _, h, w), dtype, spatial_scale, sampling_ratio, aligned = ctx.args
+        (n, _, h, w), dtype = ctx.args
         g = ctx.needs_input_grad[0] and load_extension().roi_align_backward(
-            grad.permute(0, 2, 3, 1).contiguous(), rois, n, h, w, spatial_scale, sampling_ratio, aligned)
+            grad.permute(0, 2, 3, 1).contiguous(), *ctx.saved_tensors, n, h, w)
         return (g.permute(0, 3, 1, 2).to(dtype) if ctx.needs_input_grad[0] else None), None, None, None, None, None, None
 
 
