@@ -69,7 +69,12 @@ Taps taps_of(Tensor bin_start, Tensor pixel, Tensor weight) {
 // the same pixel: add their weights into the first and zero the rest (skipped by the gather and
 // the scatter). On Appendix A's shapes this cuts the rows read and written per bin by about 2x;
 // the sum changes only by rounding (w1 * x + w2 * x against (w1 + w2) * x).
+// The pairwise scan is quadratic in the bin's taps, so bins of more than 3x3 samples (RoIs much
+// larger than Appendix A's at 600 px) keep their taps as they are: same result, no merging.
+constexpr int64_t kMergeMaxTaps = 3 * 3 * 4;
+
 void merge_taps(Taps& taps, int64_t t0, int64_t t1) {
+  if (t1 - t0 > kMergeMaxTaps) return;
   for (int64_t i = t0 + 1; i < t1; ++i) {
     if (taps.weight[i] == 0.0f) continue;
     for (int64_t j = t0; j < i; ++j) {
