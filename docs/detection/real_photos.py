@@ -75,6 +75,10 @@ def main() -> None:
     val = VOCDetection(args.data, "val", cfg["class_names"], split_seed=cfg["seed"])
     report_path = out / "real_photos.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+
+    def save() -> None:  # after every evaluation: a stopped job keeps what it measured
+        report_path.write_text(json.dumps(report, indent=1))
+
     report["validation"] = {"images": len(val), "ids": val.ids}
     report["training"] = _training(Path(args.run))
 
@@ -85,12 +89,12 @@ def main() -> None:
             curve[it] = _evaluate(snap, val)
             print(f"iteration {it}: {json.dumps(curve[it])}", flush=True)
             report["curve"] = [curve[k] for k in sorted(curve)]  # kept if this long job is stopped
-            report_path.write_text(json.dumps(report, indent=1))
+            save()
     it = int(load_checkpoint(final)["iteration"])
     if it not in curve:
         curve[it] = _evaluate(final, val)
     report["curve"] = [curve[k] for k in sorted(curve)]
-    report_path.write_text(json.dumps(report, indent=1))
+    save()
 
     import matplotlib
 
@@ -117,7 +121,7 @@ def main() -> None:
                    "multi-scale testing": {"test_scales": [300, 416, 600]},
                    "both": {"box_refinement": True, "test_scales": [300, 416, 600]}}
         report["appendix_b"] = {name: _evaluate(final, val, o) for name, o in options.items()}
-        report_path.write_text(json.dumps(report, indent=1))
+        save()
     if args.context_run:
         context_final = checkpoint_dir(args.context_run) / "last.pt"
         theirs = dict(load_checkpoint(context_final)["config"])
@@ -128,7 +132,7 @@ def main() -> None:
                              "not only in global_context")
         report.setdefault("appendix_b", {})["global context (own run)"] = _evaluate(context_final, val)
         report["context_training"] = _training(Path(args.context_run))
-        report_path.write_text(json.dumps(report, indent=1))
+        save()
 
     # The picture grid: the first validation photos, detections scoring >= 0.5.
     from PIL import Image
