@@ -19,7 +19,7 @@ from ..config import REUSE, TrainConfig, changed_settings, from_dict, load_yaml,
 from ..errors import ConfigError, TrainingDiverged
 from ..models import model_spec
 from .plots import plot_fig6, plot_responses
-from .report import write_report
+from .report import responses_markdown, write_report
 from .runs import RunState, find_runs, run_state
 
 
@@ -114,14 +114,14 @@ def write_outputs(out: Path, plan: Sequence[PlannedRun], data: str | None, respo
     wanted = {p.run_dir.resolve() for p in plan}
     runs = [r for r in find_runs(out) if r.run_dir.resolve() in wanted]
     figures: dict[str, str] = {}
-    residual = [r for r in runs if r.residual]
-    plain = [r for r in runs if not r.residual]
-    if runs:
-        plot_fig6(plain, residual, out / "fig6.png")
-        figures["Fig. 6: plain networks (left) and ResNets (right)"] = "fig6.png"
+    # One curve and one Fig. 7 model per network, as the paper draws them: its lowest seed with a curve.
+    drawn = [r for r in runs if r.train or r.val]
+    first_seed = [r for r in drawn if r.seed == min(x.seed for x in drawn if x.model == r.model)]
+    if first_seed:
+        plot_fig6([r for r in first_seed if not r.residual], [r for r in first_seed if r.residual], out / "fig6.png")
+        figures["Fig. 6: plain networks (left) and ResNets (right), one seed each"] = "fig6.png"
     responses_note = None
-    # Fig. 7: one model per network (seed 0), plain and residual, on the first validation images.
-    fig7 = [r for r in runs if r.finished and r.seed == min(x.seed for x in runs if x.model == r.model)]
+    fig7 = [r for r in runs if r.finished and r.seed == min(x.seed for x in runs if x.model == r.model and x.finished)]
     if fig7 and response_images > 0 and data is not None:
         from .responses import measure_checkpoints
 
@@ -133,7 +133,5 @@ def write_outputs(out: Path, plan: Sequence[PlannedRun], data: str | None, respo
         (out / "responses.json").write_text(json.dumps([r.to_dict() for r in results], indent=1))
         plot_responses(results, out / "fig7_responses.png")
         figures["Fig. 7: std of 3x3 layer responses"] = "fig7_responses.png"
-        responses_note = (f"Fig. 7 numbers: `responses.json`. Each layer's std is measured on the first "
-                          f"{response_images} validation images with the trained model in evaluation mode: the std "
-                          "of each channel over images and positions, averaged over the channels.")
+        responses_note = responses_markdown(list(zip(fig7, results)), response_images)
     return write_report(out, runs, figures, responses_note, command)

@@ -7,6 +7,8 @@ while it runs and `model.safetensors` once it has finished.
 
 from __future__ import annotations
 
+import json
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from ..config import from_dict, to_dict
 from ..errors import ConfigError, DataError
 from ..models import count_params, create_model, model_spec
 from ..train.metrics_log import read_metrics
+from ..train.schedule import LrSchedule
 
 RunState = Literal["finished", "interrupted", "new"]
 
@@ -58,11 +61,17 @@ class RunResult:
     summary: dict[str, Any] | None = None
     images_per_s: float | None = None  # median training throughput over the logged windows
     training_seconds: float = 0.0  # the logged windows' durations summed: training only, no evaluation
+    warmup_end: tuple[int, float] | None = None  # (iteration, recent training error %) where the warm-up ended
 
     @property
     def name(self) -> str:
         """The legend label: model name and seed."""
         return f"{self.model} (seed {self.seed})"
+
+    @property
+    def restored(self) -> bool:
+        """Rebuilt by `restore_run` from its weights file: final numbers, but no curves."""
+        return self.summary is not None and "restored_from" in self.summary
 
     @property
     def finished(self) -> bool:
@@ -92,12 +101,23 @@ class RunResult:
     def final_train_error(self) -> float | None:
         """Mean training error of the log windows in the last FINAL_TRAIN_FRACTION of iterations."""
         if not self.train:
-            return None
+            # A run restored from its weights has no log windows, only its last one, in the summary.
+            return float(self.summary["train_error"]) if self.restored and "train_error" in self.summary else None
         last = self.train[-1][0]
         start = last * (1 - FINAL_TRAIN_FRACTION)
         tail = [err for it, err in self.train if it > start] or [self.train[-1][1]]
         return statistics.fmean(tail)
 
+    @property
+    def warmup(self) -> str:
+        """The warm-up of Sec. 4.2 as this run did it, from its log: where it ended, or that it had none."""
+        optim = from_dict(self.config).optim
+        if not LrSchedule.for_model(optim, self.depth, self.config["data"]["dataset"]).warmup_active:
+            return "none"
+        if self.warmup_end is None:
+            return f"lr {optim.warmup_lr:g}, not ended yet"
+        iteration, error = self.warmup_end
+        return f"lr {optim.warmup_lr:g} to iteration {iteration} (training error {error:.2f}%)"
 
 
 def load_run(run_dir: str | Path) -> RunResult:
@@ -136,8 +156,37 @@ def load_run(run_dir: str | Path) -> RunResult:
             result.val.append((int(row["iteration"]), float(row["val_error"])))
         elif event == "summary":
             result.summary = row
+        elif event == "warmup_end":
+            result.warmup_end = (int(row["iteration"]), float(row["train_error"]))
     result.images_per_s = statistics.median(speeds) if speeds else None
     return result
+
+
+def restore_run(weights: str | Path, run_dir: str | Path, data: str | None = None) -> RunResult:
+    """A finished run's directory rebuilt from its `model.safetensors` when the directory itself is
+    lost: the weights file carries the run's resolved config and its summary line (the final
+    errors) in its metadata, so Table 6 can count the run again. Its curves were only in the lost
+    log and stay missing. `data`: where the run's data file is now (the metadata names it by file
+    name only)."""
+    from ..models.weights import read_weights_metadata
+
+    run_dir, weights = Path(run_dir), Path(weights)
+    metadata = read_weights_metadata(weights)
+    if not isinstance(metadata.get("config"), dict) or "val_error" not in metadata:
+        raise DataError(f"{weights}: no training run recorded in its metadata (config and final errors): "
+                        "only weights written by `resnets train` can restore a run")
+    if (run_dir / "config.yaml").exists():
+        raise DataError(f"{run_dir}: already holds a run; restore into a new directory")
+    config = dict(metadata["config"], out=str(run_dir))
+    if data is not None:
+        config["data"] = dict(config["data"], path=str(data))
+    summary = {"event": "summary", **{k: v for k, v in metadata.items() if k != "config"},
+               "restored_from": weights.name}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, run_dir / "model.safetensors")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(from_dict(config)), sort_keys=False))
+    (run_dir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+    return load_run(run_dir)
 
 
 def find_runs(out_dir: str | Path) -> list[RunResult]:

@@ -6,9 +6,11 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 
 from resnets.analysis.report import PAPER_TABLE6_ERROR, render_report, table6_markdown
 from resnets.analysis.runs import FINAL_TRAIN_FRACTION, find_runs, load_run, run_state, summarize
+from resnets.config import resolve_config, to_dict
 from resnets.errors import DataError
 
 
@@ -125,30 +127,49 @@ def _row(model, depth, residual, train, val):
 
 
 def test_claims_are_computed_from_the_errors_with_a_noise_margin():
-    from resnets.analysis.report import ONE_SEED_NOISE, claims_markdown
+    from resnets.analysis.report import PAPER_SEED_STD, claims_markdown
 
     rows = [_row("cifar_resnet20", 20, True, [2.0], [8.5]), _row("cifar_resnet56", 56, True, [0.5], [7.0]),
             _row("cifar_plain20", 20, False, [3.0], [9.0]), _row("cifar_plain56", 56, False, [6.0], [11.0])]
     text = claims_markdown(rows)
     lines = {l.split(":")[1].strip(): l for l in text.splitlines() if l.startswith("- ")}
     assert len(lines) == 4
-    assert "training cifar_plain56 6.00% vs cifar_plain20 3.00% (+3.00 points; holds)" in lines["plain-56 has higher error than plain-20"]
+    # One seed each: the paper's std stands in, and the margin is 2 stds of a difference of two runs.
+    one_seed = 2 * PAPER_SEED_STD * 2 ** 0.5
+    assert f"training cifar_plain56 6.00% vs cifar_plain20 3.00% (+3.00 points, margin {one_seed:.2f}; holds)" \
+        in lines["plain-56 has higher error than plain-20"]
     assert lines["plain-56 has higher error than plain-20"].endswith("**holds**.")
-    assert "validation cifar_resnet20 8.50% vs cifar_resnet56 7.00% (+1.50 points; holds)" in lines["ResNet-56 has lower error than ResNet-20"]
+    assert "validation cifar_resnet20 8.50% vs cifar_resnet56 7.00% (+1.50 points" in lines["ResNet-56 has lower error than ResNet-20"]
     assert lines["ResNet-20 has lower error than plain-20"].endswith("**holds**.")
+    assert "the paper's ±0.16" in text and "stands in" in text
     # A claim the numbers contradict is said so, and one inside the noise is not called a result.
-    rows[3] = _row("cifar_plain56", 56, False, [2.0], [9.0 + ONE_SEED_NOISE / 2])
+    rows[3] = _row("cifar_plain56", 56, False, [2.0], [9.0 + one_seed / 2])
     text = claims_markdown(rows)
     degradation = next(l for l in text.splitlines() if "plain-56 has higher" in l)
-    assert "training cifar_plain56 2.00% vs cifar_plain20 3.00% (-1.00 points; does not hold)" in degradation
+    assert "training cifar_plain56 2.00% vs cifar_plain20 3.00% (-1.00 points" in degradation
+    assert "does not hold" in degradation.split(";")[0] + degradation.split(";")[1]
     assert "validation" in degradation and "within noise" in degradation and degradation.endswith("**does not hold**.")
-    # Several seeds: the margin is twice the larger measured std.
-    wide = [_row("cifar_resnet20", 20, True, [2.0, 2.0], [8.0, 10.0]),
-            _row("cifar_plain20", 20, False, [3.0, 3.0], [9.5, 11.5])]
-    assert "(+1.50 points; within noise)" in claims_markdown(wide)  # 2 x std(8, 10) = 2.83
-    # Unfinished networks are named, not compared.
-    unfinished = [_row("cifar_resnet56", 56, True, [], []), _row("cifar_plain56", 56, False, [1.0], [7.0])]
-    assert "not checked yet" in claims_markdown(unfinished)
+
+
+def test_noise_margins_come_from_the_measured_seed_to_seed_std():
+    from resnets.analysis.report import claims_markdown, seed_noise
+
+    # Pooled over the networks with >= 2 seeds: validation variances 2 (1 dof) and 1 (2 dof) -> 4/3.
+    rows = [_row("cifar_resnet20", 20, True, [1.0, 1.4], [8.0, 10.0]),
+            _row("cifar_plain20", 20, False, [2.0, 2.2, 2.4], [9.0, 10.0, 11.0]),
+            _row("cifar_resnet56", 56, True, [0.5], [7.0])]
+    noise = seed_noise(rows)
+    assert (noise.dof, noise.networks) == (3, 2)
+    assert noise.val == pytest.approx((4 / 3) ** 0.5)
+    assert noise.train == pytest.approx(((0.08 + 2 * 0.04) / 3) ** 0.5)
+    text = claims_markdown(rows)
+    shortcuts = next(l for l in text.splitlines() if "ResNet-20 has lower error than plain-20" in l)
+    margin = 2 * (4 / 3) ** 0.5 * (1 / 2 + 1 / 3) ** 0.5  # 2 stds of a difference of a 2- and a 3-seed mean
+    assert f"validation cifar_plain20 10.00% vs cifar_resnet20 9.00% (+1.00 points, margin {margin:.2f}; within noise)" \
+        in shortcuts
+    assert "measured" in text and "3 degrees of freedom" in text
+    # One network with two seeds is too little to measure (1 dof): the paper's value still stands in.
+    assert seed_noise(rows[:1] + rows[2:]).dof == 0
 
 
 def test_training_time_is_the_sum_of_the_logged_windows(experiment):
@@ -175,3 +196,96 @@ def test_a_run_still_training_shows_its_counted_parameters(experiment):
     unfinished = load_run(out / "runs" / "cifar_plain20-s2")
     assert unfinished.summary is None
     assert unfinished.params == count_params(create_model("cifar_plain20")) == 269_722  # Table 6: 0.27M
+
+
+def test_a_lost_run_directory_is_restored_from_its_weights(tmp_path):
+    # The weights file carries the run's config and final errors: Table 6 counts the run again.
+    from resnets.analysis.runs import restore_run
+    from resnets.models import create_model, save_weights
+    from resnets.models.loading import model_from_file
+
+    config = resolve_config(None, {"model.name": "cifar_resnet8", "seed": 0, "out": "gone/cifar_resnet8-s0"},
+                            preset="cifar-paper")
+    portable = to_dict(config)
+    portable["data"]["path"] = "cifar10-jpeg-train.tar.gz"
+    weights = tmp_path / "cifar_resnet8.safetensors"
+    model = create_model("cifar_resnet8")
+    save_weights(weights, model, {"name": "cifar_resnet8"},
+                 metadata={"iteration": 64000, "model": "cifar_resnet8", "val_error": 13.5, "train_error": 2.25,
+                           "params": 78042, "device": "cpu", "precision": "bf16", "config": portable,
+                           "code": "git:abc", "data_sha256": "00"})
+    run = restore_run(weights, tmp_path / "exp" / "runs" / "cifar_resnet8-s0", data="/data/cifar.tar.gz")
+    assert run.finished and run.restored and (run.train, run.val) == ([], [])
+    assert (run.final_val_error, run.final_train_error) == (13.5, 2.25)
+    assert run.config["data"]["path"] == "/data/cifar.tar.gz" and run.config["optim"]["iters"] == 64000
+    assert run.config["out"].endswith("cifar_resnet8-s0")
+    restored, _ = model_from_file(run.run_dir / "model.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), model.state_dict().values()))
+    row = summarize(find_runs(tmp_path / "exp"))[0]
+    assert (row.runs, row.val_errors, row.train_errors) == (1, [13.5], [2.25])
+    assert "restored from its weights" in render_report(find_runs(tmp_path / "exp"), {})
+    # Restoring never overwrites a run, and a file without a run's record is refused by name.
+    with pytest.raises(DataError, match="already holds a run"):
+        restore_run(weights, run.run_dir)
+    bare = tmp_path / "bare.safetensors"
+    save_weights(bare, model, {"name": "cifar_resnet8"})
+    with pytest.raises(DataError, match="bare.safetensors: no training run recorded"):
+        restore_run(bare, tmp_path / "other")
+
+
+def test_fig7_claims_are_checked_on_the_measured_stds(tmp_path):
+    from resnets.analysis.report import responses_markdown
+    from resnets.analysis.responses import ResponseStats
+    from resnets.analysis.runs import RunResult
+
+    def measured(model, depth, residual, stds):
+        run = RunResult(tmp_path / model, model, 0, depth, residual, "finished", {})
+        return run, ResponseStats(model, [f"l{i}" for i in range(len(stds))], stds, 100)
+
+    pairs = [measured("cifar_resnet20", 20, True, [0.5, 0.7, 0.9]),  # mean 0.7; sorted 0.9 0.7 0.5
+             measured("cifar_plain20", 20, False, [0.8, 1.0, 0.45]),  # mean 0.75; sorted 1.0 0.8 0.45
+             measured("cifar_resnet56", 56, True, [0.3, 0.5]),  # mean 0.4
+             measured("cifar_resnet110", 110, True, [0.2, 0.3, 0.8])]  # mean 0.433: not below ResNet-56
+    text = responses_markdown(pairs, 100)
+    assert "first 100 validation images" in text
+    assert "ResNet-20 0.700, ResNet-56 0.400, ResNet-110 0.433, plain-20 0.750." in text
+    lines = [l for l in text.splitlines() if l.startswith("- ")]
+    assert lines == [
+        "- ResNet-20 responds smaller than plain-20: 0.700 vs 0.750; its sorted curve lies below at 2 of 3 layers. "
+        "**holds**.",
+        "- The deeper ResNet responds smaller: ResNet-56 0.400 vs ResNet-20 0.700. **holds**.",
+        "- The deeper ResNet responds smaller: ResNet-110 0.433 vs ResNet-56 0.400. **does not hold**.",
+    ]
+
+
+def test_fig6_draws_one_curve_per_network_its_lowest_seed_with_a_curve(experiment, monkeypatch):
+    import shutil
+
+    from resnets.analysis import reproduce
+
+    out, _ = experiment
+    # ResNet-20's seed 0 lost its log (as a restored run has no curves): seed 1 draws it.
+    (out / "runs" / "cifar_resnet20-s0" / "metrics.jsonl").write_text(
+        '{"event": "summary", "iteration": 200, "val_error": 9.0, "restored_from": "x.safetensors"}\n')
+    drawn = {}
+    monkeypatch.setattr(reproduce, "plot_fig6", lambda plain, residual, path: drawn.update(
+        plain=[r.run_dir.name for r in plain], residual=[r.run_dir.name for r in residual]))
+    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=True, seeds=3, report_only=True)
+    assert drawn == {"residual": ["cifar_resnet20-s1", "cifar_resnet56-s0"], "plain": ["cifar_plain20-s0"]}
+    shutil.rmtree(out / "runs" / "cifar_plain20-s0")
+    shutil.rmtree(out / "runs" / "cifar_plain20-s1")  # only the unfinished seed 2 is left: it is drawn
+    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=True, seeds=3, report_only=True)
+    assert drawn["plain"] == ["cifar_plain20-s2"]
+
+
+def test_depth_claim_skips_a_network_still_training():
+    from resnets.analysis.report import claims_markdown
+
+    rows = [_row("cifar_resnet20", 20, True, [2.0], [8.5]), _row("cifar_resnet32", 32, True, [], []),
+            _row("cifar_resnet56", 56, True, [0.5], [7.0])]
+    lines = [l for l in claims_markdown(rows).splitlines() if l.startswith("- ")]
+    assert lines[0].startswith("- Depth pays with shortcuts (Table 6): ResNet-56 has lower error than ResNet-20: ")
+    assert lines[0].endswith("**holds**.")
+    assert lines[1] == "- Depth pays with shortcuts (Table 6): ResNet-32 not checked yet (no finished run)."
+    unfinished = [_row("cifar_resnet56", 56, True, [], []), _row("cifar_plain56", 56, False, [1.0], [7.0])]
+    assert "not checked yet (cifar_resnet56 and cifar_plain56 must both finish)" in claims_markdown(unfinished)
