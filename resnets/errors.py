@@ -29,3 +29,11 @@ class TrainingDiverged(ResnetsError, RuntimeError):
 
 class RunDirectoryBusy(ResnetsError, RuntimeError):
     """Another process is writing the run directory (it holds RUN_DIR/run.lock)."""
+
+
+class TrainingStopped(ResnetsError, RuntimeError):
+    """A signal (SIGTERM, Ctrl-C) stopped the run; its checkpoint at that iteration is written."""
+
+    def __init__(self, message: str, signal: int | None) -> None:
+        super().__init__(message)
+        self.signal = signal

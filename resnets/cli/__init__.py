@@ -14,7 +14,7 @@ import json
 import sys
 
 from .. import __version__
-from ..errors import ResnetsError
+from ..errors import ResnetsError, TrainingStopped
 
 
 # --- resnets models ----------------------------------------------------------------------
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except TrainingStopped as e:  # asked for, not an error: the shell's status for that signal
+        print(f"resnets {args.command}: {e}", file=sys.stderr)
+        return 128 + (e.signal or signal.SIGTERM)
     except ResnetsError as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2

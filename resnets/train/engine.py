@@ -8,6 +8,7 @@ hooks or callbacks, so what happens at each iteration reads top to bottom:
     every log_every:   one host sync, non-finite check, a metrics line
     every eval_every:  validation, the plateau schedule
     every checkpoint_every (and at eval and at the end): checkpoints/last.pt
+    on SIGTERM or Ctrl-C: checkpoints/last.pt at the step it arrived in, then stop (stop.py)
 
 Statistics accumulate on the device between log points so the GPU is never stalled by
 a per-step `.item()`. What a checkpoint holds - the model, optimizer, schedule, statistics,
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from ..checkpoint import (LAST, check_data_fingerprint, check_resume_compatible, checkpoint_dir,
                           load_resume_checkpoint, save_checkpoint)
 from ..config import TrainConfig, save_yaml, to_dict, validate
-from ..errors import CheckpointError, ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
 from ..eval.evaluate import evaluate
 from ..models import model_spec, save_weights
 from ..models.loading import weights_config
@@ -44,6 +45,7 @@ from .metrics_log import MetricsLog, read_metrics
 from .progress import ProgressBar
 from .state import TrainState
 from .stats import RunningStats
+from .stop import StopRequest
 
 WARMUP_CHECK_EVERY = 10  # iterations between warm-up checks (Sec. 4.2: warm-up lasts ~400)
 
@@ -87,7 +89,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     try:
         if runtime.is_main:  # the one process that writes the run directory
             lock = RunLock(prepare_run_dir(config.out)).acquire()
-        return _train(config, runtime, resume)
+        with StopRequest() as stop:
+            return _train(config, runtime, resume, stop)
     finally:
         if lock is not None:
             lock.release()
@@ -120,7 +123,7 @@ def finished_summary(run_dir: Path, iteration: int) -> dict[str, Any] | None:
     return None
 
 
-def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
+def _train(config: TrainConfig, rt: Runtime, resume: bool, stop: StopRequest) -> dict[str, Any]:
     run_dir = Path(config.out)
     start: ResumePoint | None = None
     if resume:
@@ -172,7 +175,8 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
         is_last = step == config.optim.iters
         log_now = step % config.log_every == 0 or is_last
         eval_now = data.val is not None and (step % config.eval_every == 0 or is_last)
-        save_now = step % config.checkpoint_every == 0 or eval_now or is_last
+        stop_now = stop.requested(step, rt)  # SIGTERM / Ctrl-C: a checkpoint here, then stop
+        save_now = step % config.checkpoint_every == 0 or eval_now or is_last or stop_now
         # The one host sync of a window: stop before anything diverged is saved or evaluated.
         if (log_now or eval_now or save_now) and (bad_step := _first_non_finite_step(state.stats, rt)):
             raise _diverged(f"the training loss became non-finite at iteration {bad_step} (lr {lr:g})",
@@ -192,6 +196,8 @@ def _train(config: TrainConfig, rt: Runtime, resume: bool) -> dict[str, Any]:
                                 f"buffer or momentum tensors hold NaN or inf (e.g. {', '.join(bad[:3])}), "
                                 "so they were not saved", last_good, log, progress)
             last_good = _save(state, run_dir, rt) or last_good
+        if stop_now and not is_last:
+            raise _stopped(stop, step, run_dir, log, progress)
 
     if progress is not None:
         progress.close()
@@ -326,6 +332,16 @@ def _diverged(what: str, last_good: tuple[int, Path] | None, log: MetricsLog,
         kept = (f"The last good checkpoint is {last_good[1]} (iteration {last_good[0]}); "
                 f"--resume continues from it, e.g. with a lower --lr")
     return TrainingDiverged(f"{what}; stopping. {kept}")
+
+
+def _stopped(stop: StopRequest, step: int, run_dir: Path, log: MetricsLog,
+             progress: ProgressBar | None) -> TrainingStopped:
+    log.write({"event": "stopped", "iteration": step, "signal": stop.name})
+    log.close()
+    if progress is not None:
+        progress.close()
+    return TrainingStopped(f"stopped by {stop.name} at iteration {step}, its checkpoint written; "
+                           f"`resnets train --resume --out {run_dir}` continues from there", stop.signal)
 
 
 def _close_window(stats: RunningStats, rt: Runtime) -> dict[str, float]:

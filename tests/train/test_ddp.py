@@ -71,11 +71,11 @@ def overrides(data: Path, out: Path, **extra) -> dict:
     return values
 
 
-def run_torchrun(tmp_path: Path, values: dict, nproc: int) -> Path:
+def run_torchrun(tmp_path: Path, values: dict, nproc: int, driver: str = DRIVER) -> Path:
     record = tmp_path / "record"
     record.mkdir()
     script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
+    script.write_text(driver)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            f"--nproc_per_node={nproc}", str(script), json.dumps(values), str(record)]
@@ -185,3 +185,41 @@ def test_imagenet_data_under_two_processes(tmp_path):
     # Validation: 9 images, each scored by exactly one process.
     shards = [r["val_sampler"] for r in ranks]
     assert sorted(shards[0] + shards[1]) == list(range(9)) and len(ranks[0]["val_labels"]) + len(ranks[1]["val_labels"]) == 9
+
+
+STOP_DRIVER = '''
+import json, os, signal, sys
+from resnets.config import resolve_config
+from resnets.errors import TrainingStopped
+from resnets.train import engine
+
+overrides, record_dir = json.loads(sys.argv[1]), sys.argv[2]
+real_step, steps = engine.train_step, []
+
+def step(model, optimizer, x, y, rt):
+    result = real_step(model, optimizer, x, y, rt)
+    steps.append(1)
+    if rt.rank == 1 and len(steps) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # only one process is signalled
+    return result
+
+engine.train_step = step
+try:
+    engine.train(resolve_config(None, overrides))
+except TrainingStopped as e:
+    json.dump({"steps": len(steps), "signal": e.signal}, open(f"{record_dir}/stopped{os.environ['RANK']}.json", "w"))
+'''
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_iteration(tmp_path, cifar_folders):
+    # The processes agree every STOP_CHECK_EVERY iterations, so a stop never splits them.
+    from resnets.checkpoint import load_checkpoint
+    from resnets.train.stop import STOP_CHECK_EVERY
+
+    out = tmp_path / "run"
+    values = overrides(cifar_folders, out, **{"optim.iters": 2 * STOP_CHECK_EVERY, "checkpoint_every": 100,
+                                              "eval_every": 100, "log_every": 5})
+    record = run_torchrun(tmp_path, values, nproc=2, driver=STOP_DRIVER)
+    stopped = [json.loads((record / f"stopped{r}.json").read_text()) for r in range(2)]
+    assert stopped == [{"steps": STOP_CHECK_EVERY, "signal": 15}] * 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == STOP_CHECK_EVERY

@@ -342,3 +342,36 @@ def test_final_weights_carry_their_provenance(tiny_cifar, tmp_path):
     assert meta["train_error"] == summary["train_error"] == last["train_error"]
     assert meta["iteration"] == 6 and meta["val_error"] == summary["val_error"]
     assert meta["config"]["optim"]["iters"] == 6
+
+
+def test_sigterm_writes_a_checkpoint_where_it_arrived_and_resume_equals_uninterrupted(
+        reference_run, tiny_cifar, tmp_path, monkeypatch, capsys):
+    # A scheduler's SIGTERM (or Ctrl-C) mid-window, between two checkpoints (every 4): the run
+    # finishes that step, writes its checkpoint there, says how to resume, and exits 128 + 15.
+    ref_out, _ = reference_run
+    out = tmp_path / "run"
+    real_step = engine.train_step
+    steps = []
+
+    def signalled_at_step_5(*args):
+        result = real_step(*args)
+        steps.append(1)
+        if len(steps) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(engine, "train_step", signalled_at_step_5)
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["train", "--model", "cifar_resnet8", "--data", str(tiny_cifar), "--val-size", "50", "--batch-size", "16",
+            "--iters", "12", "--milestones", "6,9", "--log-every", "2", "--eval-every", "6", "--checkpoint-every", "4",
+            "--out", str(out), "--device", "cpu", "--precision", "fp32", "--no-tensorboard"]
+    assert main(args) == 128 + signal.SIGTERM
+    assert len(steps) == 5 and signal.getsignal(signal.SIGTERM) == before  # stopped at once; handler given back
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["iteration"] == 5
+    assert read_metrics(out)[-1] == {"event": "stopped", "iteration": 5, "signal": "SIGTERM"}
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM at iteration 5" in err and f"--resume --out {out}" in err and "error" not in err
+    monkeypatch.setattr(engine, "train_step", real_step)
+    assert main(args + ["--resume"]) == 0
+    assert train_rows(out) == train_rows(ref_out)
+    assert_same_weights(final_weights(out), final_weights(ref_out))

@@ -1,0 +1,67 @@
+"""Stopping a run on request without losing an iteration.
+
+SIGTERM (a job scheduler preempting the job, `kill`, torchrun shutting its workers down) and
+SIGINT (Ctrl-C) no longer kill a run between two checkpoints: the signal is noted, the loop
+finishes the step it is in, writes checkpoints/last.pt at that iteration and stops, so
+`--resume` continues from exactly there. A second signal is not caught: it acts as it would
+without this (Ctrl-C twice interrupts at once).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+from ..runtime import Runtime
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# With several processes the stop must happen at the same iteration in all of them, so they agree
+# every this many iterations (one all-reduce of one number); a single process stops at the next step.
+STOP_CHECK_EVERY = 10
+
+
+class StopRequest:
+    """Catches STOP_SIGNALS while a run trains (a context manager); `requested` says when to stop."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        # Python delivers signals to the main thread only; a run trained in another thread keeps
+        # the default behaviour.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+        self._restore()  # a second signal acts as usual
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
+
+    def requested(self, step: int, rt: Runtime) -> bool:
+        """True at the step where every process stops (called by all processes at every step)."""
+        if not rt.distributed:
+            return self.signal is not None
+        if step % STOP_CHECK_EVERY:
+            return False
+        flag = torch.tensor([0 if self.signal is None else self.signal], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal is None:
+            self.signal = int(flag.item())  # another process was signalled
+        return bool(flag.item())
