@@ -32,7 +32,7 @@ from resnets.config import load_yaml, save_yaml
 from resnets.detection.config import DetectionConfig
 from resnets.detection.data import hflip, load_image
 from resnets.detection.model import FasterRCNN, build_detector
-from resnets.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from resnets.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, TrainingStopped
 from resnets.eval.evaluate import eval_mode
 from resnets.io import atomic_write_text
 from resnets.models.loading import checkpoint_network
@@ -42,6 +42,7 @@ from resnets.runtime import resolve_device
 from resnets.train.metrics_log import MetricsLog, append_metrics
 from resnets.train.progress import ProgressBar
 from resnets.train.schedule import step_lr
+from resnets.train.stop import StopRequest
 
 __all__ = [
     "train",
@@ -256,48 +257,55 @@ def _train(cfg: DetectionConfig, dataset: Dataset, run: Path, resume: bool, data
     bar = ProgressBar.on_terminal(cfg.iterations, start, cfg.batch_size) if log is not None else None
     if bar is not None:
         metrics.echo = bar.write
-    try:
-        for it, batch in zip(range(start, cfg.iterations), batches):
-            # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
-            torch.manual_seed(cfg.seed * 1_000_003 + it)
-            images = [img.to(device) for img, _ in batch]
-            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for _, t in batch]
-            lr = _lr_at(cfg, it)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            # One host sync per step on a GPU; on the CPU it costs nothing.
-            if not torch.isfinite(loss):
-                raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in losses.items():
-                running[k] = running[k] + v.detach() if k in running else v.detach()
-            count += 1
-            done = it + 1
+    with StopRequest() as stop:
+        try:
+            for it, batch in zip(range(start, cfg.iterations), batches):
+                # Per-iteration seed: RPN/RoI sampling depends only on (seed, it), so resume is exact.
+                torch.manual_seed(cfg.seed * 1_000_003 + it)
+                images = [img.to(device) for img, _ in batch]
+                targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for _, t in batch]
+                lr = _lr_at(cfg, it)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                losses = model(images, targets)
+                loss = sum(losses.values())
+                # One host sync per step on a GPU; on the CPU it costs nothing.
+                if not torch.isfinite(loss):
+                    raise diverged(f"the loss became {loss.item()} at iteration {it + 1} (lr {lr:g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in losses.items():
+                    running[k] = running[k] + v.detach() if k in running else v.detach()
+                count += 1
+                done = it + 1
+                if bar is not None:
+                    bar.tick(loss.detach(), lr)
+                if done % cfg.log_every == 0 or done == cfg.iterations or done == 1:
+                    record = {"event": "train", "iteration": done, "lr": lr,
+                              **{k: float(v) / count for k, v in running.items()},
+                              "elapsed_s": round(time.perf_counter() - t0, 3)}
+                    record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
+                    metrics.write(record)
+                    running, count = {}, 0
+                stop_now = stop.signal is not None  # SIGTERM / Ctrl-C: a checkpoint here, then stop
+                if done % cfg.checkpoint_every == 0 or done == cfg.iterations or stop_now:
+                    try:
+                        ckpt_path = save_checkpoint(run, checkpoint_state(model, opt, done))
+                    except TrainingDiverged as e:
+                        raise diverged(f"at iteration {done} (lr {lr:g}) {e}") from None
+                    last_good = done
+                if stop_now and done < cfg.iterations:
+                    metrics.write({"event": "stopped", "iteration": done, "signal": stop.name})
+                    raise TrainingStopped(f"stopped by {stop.name} at iteration {done}, its checkpoint written; "
+                                          f"`resnets detect train --resume --out {run}` continues from there",
+                                          stop.signal)
+            if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
+                save_checkpoint(run, checkpoint_state(model, opt, start))
+        finally:
             if bar is not None:
-                bar.tick(loss.detach(), lr)
-            if done % cfg.log_every == 0 or done == cfg.iterations or done == 1:
-                record = {"event": "train", "iteration": done, "lr": lr,
-                          **{k: float(v) / count for k, v in running.items()},
-                          "elapsed_s": round(time.perf_counter() - t0, 3)}
-                record["loss"] = sum(v for k, v in record.items() if k.startswith("loss_"))
-                metrics.write(record)
-                running, count = {}, 0
-            if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                try:
-                    ckpt_path = save_checkpoint(run, checkpoint_state(model, opt, done))
-                except TrainingDiverged as e:
-                    raise diverged(f"at iteration {done} (lr {lr:g}) {e}") from None
-                last_good = done
-        if not ckpt_path.is_file():  # a run of zero iterations still leaves its (initial) model
-            save_checkpoint(run, checkpoint_state(model, opt, start))
-    finally:
-        if bar is not None:
-            bar.close()
-        metrics.close()
+                bar.close()
+            metrics.close()
     return model.eval()
 
 

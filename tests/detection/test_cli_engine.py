@@ -240,3 +240,32 @@ def test_version_1_checkpoints_still_load(tmp_path):
     image = synthetic()[0][0]
     for a, b in zip(model([image]), loaded([image])):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_checkpoints_where_it_arrived_and_resume_is_exact(tmp_path, monkeypatch):
+    # SIGTERM after iteration 3 of 5 (checkpoints every 100): iteration 3 is checkpointed, the run
+    # stops, and the resumed run ends with the weights of an uninterrupted one.
+    import os
+    import signal
+
+    from resnets.errors import TrainingStopped
+
+    cfg = DetectionConfig(**TINY, iterations=5, checkpoint_every=100)
+    straight = engine.train(cfg, synthetic(), tmp_path / "a", model=tiny_detector(cfg))
+    real_lr, calls = engine._lr_at, []
+
+    def signalled_in_iteration_3(config, it):
+        calls.append(it)
+        if it == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_lr(config, it)
+
+    monkeypatch.setattr(engine, "_lr_at", signalled_in_iteration_3)
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM at iteration 3") as stopped:
+        engine.train(cfg, synthetic(), tmp_path / "b", model=tiny_detector(cfg))
+    assert stopped.value.signal == signal.SIGTERM and calls == [0, 1, 2]
+    assert engine.load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["iteration"] == 3
+    monkeypatch.setattr(engine, "_lr_at", real_lr)
+    resumed = engine.train(cfg, synthetic(), tmp_path / "b", model=tiny_detector(cfg), resume=True)
+    for (k, v), (k2, v2) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
