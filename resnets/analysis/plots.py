@@ -34,10 +34,10 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _draw_curves(ax, runs: Sequence[RunResult], ymax: float | None) -> None:
+def _draw_curves(ax, runs: Sequence[RunResult], ymax: float | None, colors: Sequence | None = None) -> None:
     """Training error dashed, validation error bold, one colour per run (the paper's Fig. 6 style)."""
     highest = 0.0
-    for run, color in zip(runs, _colors(len(runs))):
+    for run, color in zip(runs, colors or _colors(len(runs))):
         if run.train:
             its, errs = zip(*run.train)
             ax.plot(its, errs, linestyle="--", linewidth=1.0, color=color)
@@ -101,9 +101,16 @@ def plot_fig6(plain: Sequence[RunResult], residual: Sequence[RunResult], out: st
         raise ConfigError("Fig. 6: no runs to draw")
     fig, axes = plt.subplots(1, len(panels), figsize=(CURVES_FIGSIZE[0] * len(panels) * 0.75, CURVES_FIGSIZE[1]),
                              dpi=DPI, sharey=True, squeeze=False)
+    # One colour per depth on both sides, so plain-20 and ResNet-20 match; the x axis spans the whole
+    # schedule, so runs still training show how far they have come.
+    depths = sorted({r.depth for r in (*plain, *residual)})
+    palette = dict(zip(depths, _colors(len(depths))))
+    schedule = max((r.config.get("optim", {}).get("iters") or 0 for r in (*plain, *residual)), default=0)
     for ax, (title, runs) in zip(axes[0], panels):
-        _draw_curves(ax, runs, ymax)
+        _draw_curves(ax, runs, ymax, [palette[r.depth] for r in runs])
         ax.set_title(f"{title} on CIFAR-10", fontsize="medium")
+        if schedule:
+            ax.set_xlim(0, schedule)
     fig.suptitle("Fig. 6: dashed: training error, bold: validation error (held-out 5k)", fontsize="medium")
     return _save(fig, Path(out))
 

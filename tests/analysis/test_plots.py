@@ -66,6 +66,7 @@ def test_fig6_puts_plain_left_and_resnets_right_on_one_axis(tmp_path, fake_run, 
     assert left.get_ylim() == right.get_ylim()
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["cifar_plain20 (seed 0)"]
     assert [t.get_text() for t in right.get_legend().get_texts()] == ["cifar_resnet20 (seed 0)"]
+    assert left.get_xlim() == right.get_xlim() == (0, 200)  # the whole schedule, runs finished or not
     # Finished full-length runs end at low error: the paper's 0-20% axis; random curves do not.
     assert left.get_ylim()[1] > 20
     for r in (*plain, *residual):
@@ -74,3 +75,17 @@ def test_fig6_puts_plain_left_and_resnets_right_on_one_axis(tmp_path, fake_run, 
     plots.plot_fig6(plain, residual, tmp_path / "fig6_zoom.png")
     assert closed[-1].axes[0].get_ylim() == (0, 20.0)
     assert Image.open(tmp_path / "fig6.png").format == "PNG"
+
+
+def test_fig6_gives_a_depth_one_colour_on_both_sides(tmp_path, fake_run, monkeypatch):
+    rng = np.random.default_rng(0)
+    for name, model in (("p20", "cifar_plain20"), ("p56", "cifar_plain56"), ("r56", "cifar_resnet56")):
+        fake_run(tmp_path / name, model, 0, rng)
+    closed = []
+    monkeypatch.setattr(plots.plt, "close", closed.append)
+    plots.plot_fig6([load_run(tmp_path / "p20"), load_run(tmp_path / "p56")], [load_run(tmp_path / "r56")],
+                    tmp_path / "fig6.png")
+    left, right = closed[-1].axes
+    colours = {line.get_label(): line.get_color() for ax in (left, right) for line in ax.get_lines()
+               if not line.get_label().startswith("_")}
+    assert colours["cifar_resnet56 (seed 0)"] == colours["cifar_plain56 (seed 0)"] != colours["cifar_plain20 (seed 0)"]
