@@ -3,8 +3,9 @@
 SIGTERM (a job scheduler preempting the job, `kill`, torchrun shutting its workers down) and
 SIGINT (Ctrl-C) no longer kill a run between two checkpoints: the signal is noted, the loop
 finishes the step it is in, writes checkpoints/last.pt at that iteration and stops, so
-`--resume` continues from exactly there. A second signal is not caught: it acts as it would
-without this (Ctrl-C twice interrupts at once).
+`--resume` continues from exactly there. A second Ctrl-C is not caught: it interrupts at once.
+SIGTERM stays caught until the run has stopped (schedulers may send it more than once, and a
+parent process forwards it to its workers); SIGKILL is the way to stop a run at once.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class StopRequest:
         self._restore()
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        self.signal = signum
-        self._restore()  # a second signal acts as usual
+        self.signal = self.signal or signum
+        if signum == signal.SIGINT and signum in self._previous:  # a second Ctrl-C acts as usual
+            signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
 
     def _restore(self) -> None:
         for s, handler in self._previous.items():
