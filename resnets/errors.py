@@ -31,6 +31,10 @@ class RunDirectoryBusy(ResnetsError, RuntimeError):
     """Another process is writing the run directory (it holds RUN_DIR/run.lock)."""
 
 
+class WorkerFailed(ResnetsError, RuntimeError):
+    """A worker process of a parallel job failed; its own message is in its log."""
+
+
 class TrainingStopped(ResnetsError, RuntimeError):
     """A signal (SIGTERM, Ctrl-C) stopped the run; its checkpoint at that iteration is written."""
 

@@ -1,8 +1,8 @@
 """`resnets reproduce cifar10`: the CIFAR-10 experiments of Sec. 4.2 in one command.
 
 For every depth (and with `plain=True` also the plain twin) and every seed, one run
-directory OUT/runs/<model>-s<seed> is trained in this process, one after another, with
-the paper's recipe (`cifar-paper` preset) and any schedule overrides. The command is
+directory OUT/runs/<model>-s<seed> is trained in this process, one after another (with
+`jobs` > 1, in that many processes at once), with the paper's recipe (`cifar-paper` preset) and any schedule overrides. The command is
 resumable: finished runs are skipped, interrupted ones continue from their last
 checkpoint, so re-running the same command after a kill finishes the job. At the end it
 writes the figures (Fig. 6 curves, Fig. 7 responses) and OUT/report.md.
@@ -11,13 +11,20 @@ writes the figures (Fig. 6 curves, Fig. 7 responses) and OUT/report.md.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..config import REUSE, TrainConfig, changed_settings, from_dict, load_yaml, resolve_config
-from ..errors import ConfigError, TrainingDiverged
+import torch
+
+from ..config import REUSE, TrainConfig, changed_settings, from_dict, load_yaml, resolve_config, validate
+from ..errors import ConfigError, ResnetsError, RunDirectoryBusy, TrainingDiverged, TrainingStopped, WorkerFailed
 from ..models import model_spec
+from ..train.stop import StopRequest
 from .plots import plot_fig6, plot_responses
 from .report import responses_markdown, write_report
 from .runs import RunState, find_runs, run_state
@@ -88,23 +95,86 @@ def execute_runs(plan: Sequence[PlannedRun], data: str | None, overrides: Mappin
             # One diverging network (e.g. a deep plain net at lr 0.1) must not stop the
             # others; it stays unfinished in the report.
             log(f"[{i}/{len(plan)}] {run.run_dir.name}: {e}")
+        except RunDirectoryBusy:
+            # Another process trains it (a parallel worker, or `resnets train` by hand): the next one.
+            log(f"[{i}/{len(plan)}] {run.run_dir.name}: held by another process, skipped")
     return before
+
+
+def execute_in_parallel(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str, Any], jobs: int,
+                        out: Path, log: Callable[[str], None] = print) -> None:
+    """`jobs` worker processes share the plan, each with its share of the CPU threads: each trains,
+    in plan order, the next run that is neither finished nor held by another (its run.lock), so
+    no core idles while runs remain. Each worker writes its output to OUT/worker-K.log.
+
+    SIGTERM or Ctrl-C reaches every worker (forwarded once), each writes a checkpoint where it
+    stops, and re-running the same command continues them all.
+    """
+    for run in plan:  # a setting wrong for every run is said once, here, not by each worker
+        validate(run_config(run, data, overrides))
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no OpenMP pool or lock inherited
+    workers = [context.Process(target=_worker, args=(plan, data, dict(overrides), threads, out / f"worker-{k}.log"),
+                               name=f"resnets-reproduce-{k}") for k in range(jobs)]
+    with StopRequest() as stop:
+        for k, worker in enumerate(workers):
+            worker.start()
+            log(f"worker {k}: pid {worker.pid}, {threads} thread(s), log {out / f'worker-{k}.log'}")
+        forwarded = False
+        while any(w.is_alive() for w in workers):
+            for worker in workers:
+                worker.join(timeout=0.2)
+            if stop.signal is not None and not forwarded:
+                for worker in workers:
+                    if worker.is_alive():
+                        os.kill(worker.pid, signal.SIGTERM)  # a repeated SIGTERM stays graceful (stop.py)
+                forwarded = True
+    if stop.signal is not None:
+        raise TrainingStopped(f"stopped by {stop.name}: each worker wrote a checkpoint where it stopped; "
+                              "the same command continues them", stop.signal)
+    failed = [f"worker {k} (exit status {w.exitcode}, see {out / f'worker-{k}.log'})"
+              for k, w in enumerate(workers) if w.exitcode != 0]
+    if failed:
+        raise WorkerFailed(f"{', '.join(failed)} failed; the runs it held keep their checkpoints, and the same "
+                           "command continues them")
+
+
+def _worker(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str, Any], threads: int,
+            log_file: Path) -> None:
+    """One process of `execute_in_parallel`."""
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)  # a file, not the terminal: no progress bars drawn over each other
+    os.dup2(fd, 2)
+    torch.set_num_threads(threads)
+    try:
+        execute_runs(plan, data, overrides, log=lambda line: print(line, flush=True))
+    except TrainingStopped as e:
+        print(f"resnets reproduce: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + (e.signal or signal.SIGTERM))
+    except ResnetsError as e:
+        print(f"resnets reproduce: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def reproduce_cifar10(depths: Sequence[int], *, out: str | Path, data: str | None, plain: bool = False,
                       seeds: int = 1, overrides: Mapping[str, Any] | None = None, response_images: int = 500,
-                      command: str | None = None, report_only: bool = False,
+                      command: str | None = None, report_only: bool = False, jobs: int = 1,
                       log: Callable[[str], None] = print) -> Path:
     """Train (or finish) every run, then write figures and OUT/report.md; returns the report's path.
 
     `report_only`: train nothing, report on the runs as they are (e.g. while they train elsewhere).
+    `jobs`: runs trained at once, in as many processes, each with its share of the threads.
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs: expected a positive number of processes, got {jobs}")
     out = Path(out)
     overrides = dict(overrides or {})
     plan = plan_runs(depths, plain, seeds, out)
     out.mkdir(parents=True, exist_ok=True)
-    if not report_only:
+    if not report_only and jobs == 1:
         execute_runs(plan, data, overrides, log=log)
+    elif not report_only:
+        execute_in_parallel(plan, data, overrides, jobs, out, log=log)
     return write_outputs(out, plan, data, response_images, command)
 
 

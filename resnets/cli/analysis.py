@@ -38,7 +38,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
     path = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
                              seeds=args.seeds, overrides=overrides, response_images=args.response_images,
-                             command=command, report_only=args.report_only)
+                             command=command, report_only=args.report_only, jobs=args.jobs)
     report(args, {"report": str(path)}, f"report: {path}")
     return 0
 
@@ -60,6 +60,9 @@ def add_reproduce_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="experiment directory (runs/, figures, report.md)")
     p.add_argument("--response-images", type=int, default=500, metavar="N",
                    help="validation images for Fig. 7 (0: skip it; default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once, one process each with its share of the CPU threads; on a 2-core "
+                        "CPU --jobs 2 trains about 10%% more images/s than one run on both cores (default: 1)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the figures and report.md from the runs as they are now")
     group = p.add_argument_group("schedule and run settings (shortening the schedule is noted in the report)")

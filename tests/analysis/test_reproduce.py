@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -96,3 +97,76 @@ def test_plan_order_and_a_diverging_run_does_not_stop_the_rest(tmp_path):
     assert sum("non-finite" in m for m in messages) == 2
     with pytest.raises(ConfigError, match="--depths"):
         plan_runs([21], False, 1, tmp_path)
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny_cifar):
+    from resnets.run_dir import RunLock
+
+    plan = plan_runs([8], True, 1, tmp_path / "exp")  # cifar_resnet8-s0, cifar_plain8-s0
+    plan[0].run_dir.mkdir(parents=True)
+    lines = []
+    with RunLock(plan[0].run_dir):  # e.g. a parallel worker training it
+        execute_runs(plan, str(tiny_cifar), overrides(tmp_path), log=lines.append)
+    assert lines[-1] == "[2/2] cifar_plain8-s0: training"
+    assert "[1/2] cifar_resnet8-s0: held by another process, skipped" in lines
+    assert [run_state(p.run_dir) for p in plan] == ["new", "finished"]
+
+
+def test_jobs_train_runs_side_by_side_and_a_sigterm_stops_them_all_resumably(tmp_path, tiny_cifar):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from resnets.checkpoint import load_checkpoint
+
+    out = tmp_path / "exp"
+    args = [sys.executable, "-m", "resnets", "reproduce", "cifar10", "--depths", "8", "--plain", "--jobs", "2",
+            "--data", str(tiny_cifar), "--out", str(out), "--iters", "600", "--milestones", "400,500",
+            "--batch-size", "8", "--val-size", "50", "--cache-dir", str(tmp_path / "cache"), "--eval-every", "5000",
+            "--log-every", "10", "--checkpoint-every", "5000", "--precision", "fp32", "--device", "cpu",
+            "--no-tensorboard", "--response-images", "0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / name for name in ("cifar_resnet8-s0", "cifar_plain8-s0")]
+    deadline = time.time() + 120
+    # Both runs train at the same time, one in each worker.
+    while time.time() < deadline and not all(any(r["event"] == "train" for r in read_metrics(d)) for d in runs):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # to the parent only: it forwards the stop to its workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err
+    stopped = []
+    for d in runs:
+        last = read_metrics(d)[-1]
+        assert last["event"] == "stopped" and 0 < last["iteration"] < 600
+        assert load_checkpoint(d / "checkpoints" / "last.pt")["iteration"] == last["iteration"]
+        stopped.append(last["iteration"])
+    # One run each: the second worker skipped the run the first one held.
+    trained = [re.findall(r"^resnets train: (\S+) on ", (out / f"worker-{k}.log").read_text(), re.M) for k in range(2)]
+    assert sorted(trained) == [["cifar_plain8"], ["cifar_resnet8"]]
+    # The same command resumes both from where they stopped and finishes them.
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for d, at in zip(runs, stopped):
+        assert run_state(d) == "finished"
+        assert [r["iteration"] for r in read_metrics(d) if r["event"] == "train"][-1] == 600
+        assert f"resuming {d} at iteration {at}" in (out / "worker-0.log").read_text() + (out / "worker-1.log").read_text()
+    assert (out / "report.md").is_file()
+
+
+def test_a_failing_worker_fails_the_command_and_names_its_log(tmp_path, capsys):
+    out = tmp_path / "exp"
+    args = ["reproduce", "cifar10", "--depths", "8", "--plain", "--jobs", "2", "--data", str(tmp_path / "missing"),
+            "--out", str(out), "--iters", "4", "--device", "cpu", "--response-images", "0"]
+    # A setting wrong for every run is refused before any worker starts.
+    assert main(args) == 2
+    assert "--milestones" in capsys.readouterr().err and not list(out.glob("worker-*.log"))
+    assert main(args + ["--milestones", "2,3"]) == 2
+    err = capsys.readouterr().err
+    assert "worker 0 (exit status 2, see" in err and "worker-0.log" in err and not (out / "report.md").exists()
+    assert str(tmp_path / "missing") in (out / "worker-0.log").read_text()  # the worker's own error names the path
