@@ -114,7 +114,7 @@ def execute_in_parallel(plan: Sequence[PlannedRun], data: str | None, overrides:
         validate(run_config(run, data, overrides))
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no OpenMP pool or lock inherited
-    workers = [context.Process(target=_worker, args=(plan, data, dict(overrides), threads, out / f"worker-{k}.log"),
+    workers = [context.Process(target=_worker, args=(plan, data, dict(overrides), threads, k, out / f"worker-{k}.log"),
                                name=f"resnets-reproduce-{k}") for k in range(jobs)]
     with StopRequest() as stop:
         for k, worker in enumerate(workers):
@@ -139,13 +139,20 @@ def execute_in_parallel(plan: Sequence[PlannedRun], data: str | None, overrides:
                            "command continues them")
 
 
-def _worker(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str, Any], threads: int,
+def worker_device(device: str, index: int, gpus: int) -> str:
+    """Worker `index`'s device: with several GPUs, "auto" and "cuda" give each worker its own in turn."""
+    return f"cuda:{index % gpus}" if device in ("auto", "cuda") and gpus > 1 else device
+
+
+def _worker(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str, Any], threads: int, index: int,
             log_file: Path) -> None:
     """One process of `execute_in_parallel`."""
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)  # a file, not the terminal: no progress bars drawn over each other
     os.dup2(fd, 2)
     torch.set_num_threads(threads)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    overrides = {**overrides, "device": worker_device(overrides.get("device", "auto"), index, gpus)}
     try:
         execute_runs(plan, data, overrides, log=lambda line: print(line, flush=True))
     except TrainingStopped as e:

@@ -170,3 +170,13 @@ def test_a_failing_worker_fails_the_command_and_names_its_log(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "worker 0 (exit status 2, see" in err and "worker-0.log" in err and not (out / "report.md").exists()
     assert str(tmp_path / "missing") in (out / "worker-0.log").read_text()  # the worker's own error names the path
+
+
+def test_workers_spread_over_the_gpus():
+    from resnets.analysis.reproduce import worker_device
+
+    assert [worker_device("auto", k, 2) for k in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_device("cuda", 1, 4) == "cuda:1"
+    # One GPU or none: all share what "auto" resolves to; an explicit device is kept.
+    assert worker_device("auto", 1, 1) == "auto" and worker_device("auto", 1, 0) == "auto"
+    assert worker_device("cuda:3", 0, 4) == "cuda:3" and worker_device("cpu", 1, 4) == "cpu"
