@@ -41,3 +41,8 @@ class TrainingStopped(ResnetsError, RuntimeError):
     def __init__(self, message: str, signal: int | None) -> None:
         super().__init__(message)
         self.signal = signal
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for a process ended by that signal: 143 for SIGTERM, 130 for Ctrl-C."""
+        return 128 + (self.signal or 15)

@@ -2,10 +2,11 @@
 
 For every depth (and with `plain=True` also the plain twin) and every seed, one run
 directory OUT/runs/<model>-s<seed> is trained in this process, one after another (with
-`jobs` > 1, in that many processes at once), with the paper's recipe (`cifar-paper` preset) and any schedule overrides. The command is
-resumable: finished runs are skipped, interrupted ones continue from their last
-checkpoint, so re-running the same command after a kill finishes the job. At the end it
-writes the figures (Fig. 6 curves, Fig. 7 responses) and OUT/report.md.
+`jobs` > 1, in that many processes at once), with the paper's recipe (`cifar-paper` preset)
+and any schedule overrides. The command is resumable: finished runs are skipped, interrupted
+ones continue from their last checkpoint, so re-running the same command after a kill
+finishes the job. At the end it writes the figures (Fig. 6 curves, Fig. 7 responses) and
+OUT/report.md.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def _worker(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str
         execute_runs(plan, data, overrides, log=lambda line: print(line, flush=True))
     except TrainingStopped as e:
         print(f"resnets reproduce: {e}", file=sys.stderr, flush=True)
-        sys.exit(128 + (e.signal or signal.SIGTERM))
+        sys.exit(e.exit_status)
     except ResnetsError as e:
         print(f"resnets reproduce: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TrainingStopped as e:  # asked for, not an error: the shell's status for that signal
         print(f"resnets {args.command}: {e}", file=sys.stderr)
-        return 128 + (e.signal or signal.SIGTERM)
+        return e.exit_status
     except ResnetsError as e:
         print(f"resnets {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -62,8 +62,8 @@ class StopRequest:
             return self.signal is not None
         if step % STOP_CHECK_EVERY:
             return False
-        flag = torch.tensor([0 if self.signal is None else self.signal], device=rt.device)
+        flag = torch.tensor([self.signal or 0], device=rt.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signal is None:
-            self.signal = int(flag.item())  # another process was signalled
-        return bool(flag.item())
+        agreed = int(flag.item())  # one host sync every STOP_CHECK_EVERY steps
+        self.signal = self.signal or agreed or None  # another process may have been the one signalled
+        return agreed != 0
