@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..config import PRESETS, REPORT, TrainConfig, marked_keys
 from ..io import get_dotted
+from ..models.weights import without_machine_paths
 from .runs import FINAL_TRAIN_FRACTION, ModelRow, RunResult, summarize
 
 if TYPE_CHECKING:
@@ -211,8 +212,9 @@ def responses_markdown(measured: Sequence[tuple[RunResult, "ResponseStats"]], n_
 
 def data_description(runs: Sequence[RunResult]) -> str:
     """Which images the numbers were measured on, with the caveats that matter for Table 6."""
-    # The first run that decodes the images names its cache, later ones do not: drop that detail.
-    sources = sorted({re.sub(r" \(decoded cache [^)]*\)", "", r.summary["data"])
+    # The first run that decodes the images names its cache, later ones do not: drop that detail. A run
+    # restored from shipped weights names its data file without the folder (issue 28): name every one so.
+    sources = sorted({without_machine_paths(re.sub(r" \(decoded cache [^)]*\)", "", r.summary["data"]))
                       for r in runs if r.summary and r.summary.get("data")})
     paths = sorted({p for r in runs if (p := get_dotted(r.config, "data.path"))})
     text = ["Data: " + ("; ".join(f"`{s}`" for s in sources) if sources else

@@ -289,3 +289,22 @@ def test_depth_claim_skips_a_network_still_training():
     assert lines[1] == "- Depth pays with shortcuts (Table 6): ResNet-32 not checked yet (no finished run)."
     unfinished = [_row("cifar_resnet56", 56, True, [], []), _row("cifar_plain56", 56, False, [1.0], [7.0])]
     assert "not checked yet (cifar_resnet56 and cifar_plain56 must both finish)" in claims_markdown(unfinished)
+
+
+def test_data_line_names_each_data_file_once():
+    # A run restored from shipped weights names its data file without the folder (issue 28), a run
+    # trained here with it: the same file, so the report's data line names it once.
+    from pathlib import Path
+
+    from resnets.analysis.report import data_description
+    from resnets.analysis.runs import RunResult
+
+    def run(seed, path):
+        return RunResult(Path(f"cifar_resnet20-s{seed}"), "cifar_resnet20", seed, 20, True, "finished",
+                         {"data": {"path": path, "val_size": 5000}},
+                         summary={"data": f"class-folder archive {path} (decoded cache /c/x.npz) [split=train]"})
+
+    line = data_description([run(0, "cifar10-jpeg-train.tar.gz"), run(1, "/data/cifar10-jpeg-train.tar.gz")])
+    assert line.startswith("Data: `class-folder archive cifar10-jpeg-train.tar.gz [split=train]`.")
+    other = data_description([run(0, "/data/a.tar.gz"), run(1, "/data/b.tar.gz")])
+    assert "`class-folder archive a.tar.gz [split=train]`; `class-folder archive b.tar.gz [split=train]`" in other
