@@ -283,9 +283,10 @@ def schedule_description(runs: Sequence[RunResult]) -> str:
 
 
 def render_report(runs: Sequence[RunResult], figures: dict[str, str], responses_note: str | None = None,
-                  command: str | None = None) -> str:
-    """The whole report as markdown. `figures`: caption -> path relative to the report."""
-    rows = summarize(runs)
+                  command: str | None = None, models: Sequence[str] = ()) -> str:
+    """The whole report as markdown. `figures`: caption -> path relative to the report. `models`: the
+    networks the experiment plans, each given a Table 6 row even before its first run starts."""
+    rows = summarize(runs, models)
     parts = ["# CIFAR-10 experiments of Sec. 4.2 (Table 6, Fig. 6, Fig. 7)", ""]
     if command:
         parts += ["Command:", "", f"    {command}", ""]
@@ -313,7 +314,8 @@ def render_report(runs: Sequence[RunResult], figures: dict[str, str], responses_
 
 
 def write_report(out_dir: str | Path, runs: Sequence[RunResult], figures: dict[str, str],
-                 responses_note: str | None = None, command: str | None = None) -> Path:
+                 responses_note: str | None = None, command: str | None = None,
+                 models: Sequence[str] = ()) -> Path:
     path = Path(out_dir) / "report.md"
-    path.write_text(render_report(runs, figures, responses_note, command))
+    path.write_text(render_report(runs, figures, responses_note, command, models))
     return path

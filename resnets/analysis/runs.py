@@ -83,13 +83,7 @@ class RunResult:
         if self.summary is not None and self.summary.get("params") is not None:
             return self.summary["params"]
         model = self.config.get("model", {})
-        try:
-            with torch.device("meta"):  # shapes only: no memory, no initialisation
-                classes = {"num_classes": model["num_classes"]} if model.get("num_classes") else {}
-                net = create_model(self.model, shortcut=model.get("shortcut"), **classes)
-        except (TypeError, ValueError):
-            return None
-        return count_params(net)
+        return network_params(self.model, model.get("shortcut"), model.get("num_classes"))
 
     @property
     def final_val_error(self) -> float | None:
@@ -118,6 +112,18 @@ class RunResult:
             return f"lr {optim.warmup_lr:g}, not ended yet"
         iteration, error = self.warmup_end
         return f"lr {optim.warmup_lr:g} to iteration {iteration} (training error {error:.2f}%)"
+
+
+def network_params(model: str, shortcut: str | None = None, num_classes: int | None = None) -> int | None:
+    """Parameters of the network `create_model` builds, counted on shapes only (no memory, no
+    initialisation); None if it cannot build it."""
+    try:
+        with torch.device("meta"):
+            classes = {"num_classes": num_classes} if num_classes else {}
+            net = create_model(model, shortcut=shortcut, **classes)
+    except (TypeError, ValueError):
+        return None
+    return count_params(net)
 
 
 def load_run(run_dir: str | Path) -> RunResult:
@@ -227,9 +233,14 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarize(runs: Sequence[RunResult]) -> list[ModelRow]:
-    """Group runs by model (in the order given); statistics over finished runs only."""
+def summarize(runs: Sequence[RunResult], models: Sequence[str] = ()) -> list[ModelRow]:
+    """Group runs by model; statistics over finished runs only. `models`: every network the
+    experiment plans, so that one with no run directory yet still has its row (no runs), and the
+    table shows what is missing. Rows in plotting order: residual before plain, then depth."""
     rows: dict[str, ModelRow] = {}
+    for name in models:
+        spec = model_spec(name)
+        rows[name] = ModelRow(name, spec.depth, spec.residual, network_params(name), 0, 0, [], [])
     for r in runs:
         row = rows.setdefault(r.model, ModelRow(r.model, r.depth, r.residual, None, 0, 0, [], []))
         row.params = row.params or r.params
@@ -241,4 +252,4 @@ def summarize(runs: Sequence[RunResult]) -> list[ModelRow]:
             row.val_errors.append(r.final_val_error)
         if r.final_train_error is not None:
             row.train_errors.append(r.final_train_error)
-    return list(rows.values())
+    return sorted(rows.values(), key=lambda row: (not row.residual, row.depth))

@@ -17,13 +17,13 @@ PASSTHROUGH_FLAGS = ("--iters", "--milestones", "--batch-size", "--lr", "--warmu
                      "--no-channels-last", "--no-fused-bn-relu", "--no-tensorboard")
 
 
-def parse_depths(text: str) -> list[int]:
+def parse_depths(text: str, option: str = "--depths") -> list[int]:
     try:
         depths = [int(d) for d in text.split(",") if d.strip()]
     except ValueError:
-        raise ConfigError(f"--depths: expected comma-separated integers like 20,32,44,56,110, got {text!r}") from None
+        raise ConfigError(f"{option}: expected comma-separated integers like 20,32,44,56,110, got {text!r}") from None
     if not depths:
-        raise ConfigError("--depths: expected at least one depth")
+        raise ConfigError(f"{option}: expected at least one depth")
     return depths
 
 
@@ -36,7 +36,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, PASSTHROUGH_FLAGS)
     prepare_out(args.out, "folder")
     command = "resnets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "reproduce" in sys.argv[1:2] else None
-    path = reproduce_cifar10(parse_depths(args.depths), out=args.out, data=args.data, plain=args.plain,
+    depths = parse_depths(args.depths)
+    plain = [] if args.plain is None else depths if args.plain == "all" else parse_depths(args.plain, "--plain")
+    path = reproduce_cifar10(depths, out=args.out, data=args.data, plain=plain,
                              seeds=args.seeds, overrides=overrides, response_images=args.response_images,
                              command=command, report_only=args.report_only, jobs=args.jobs)
     report(args, {"report": str(path)}, f"report: {path}")
@@ -54,7 +56,9 @@ def add_reproduce_parser(subparsers) -> None:
                     "the command skips finished runs and resumes interrupted ones.")
     p.add_argument("experiment", choices=["cifar10"], help="which experiment (Table 6 / Figs. 6-7)")
     p.add_argument("--depths", default="20,32,44,56,110", help="comma-separated 6n+2 depths (default: %(default)s)")
-    p.add_argument("--plain", action="store_true", help="also train the plain twins (Fig. 6 left)")
+    p.add_argument("--plain", nargs="?", const="all", metavar="DEPTHS",
+                   help="also train the plain twins (Fig. 6 left): of every depth, or of the comma-separated "
+                        "DEPTHS only (e.g. 20,56: the two the degradation claim needs)")
     p.add_argument("--seeds", type=int, default=1, help="runs per network, seeds 0..K-1 (default: %(default)s)")
     p.add_argument("--data", metavar="PATH", help="CIFAR-10 location (as for `resnets train --data`)")
     p.add_argument("--out", required=True, metavar="DIR", help="experiment directory (runs/, figures, report.md)")

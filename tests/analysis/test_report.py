@@ -120,6 +120,21 @@ def test_report_only_reports_the_planned_runs(experiment):
     assert (out / "fig6.png").is_file()
 
 
+def test_a_planned_network_without_a_run_yet_keeps_its_table6_row(experiment):
+    # A run directory can be missing (not started, or lost with a machine): the report must show the
+    # network as not run rather than drop it from Table 6 and from the depth claims.
+    from resnets.analysis.reproduce import reproduce_cifar10
+
+    out, _ = experiment
+    text = reproduce_cifar10([20, 44, 56], out=out, data=None, seeds=3, report_only=True).read_text()
+    table = text[text.index("## Table 6"):text.index("## The paper's claims")]
+    names = [l.split(" | ")[0][2:] for l in table.splitlines() if l.startswith("| cifar_")]
+    assert names == ["cifar_resnet20", "cifar_resnet44", "cifar_resnet56"]
+    assert "| cifar_resnet44 | 44 | 0.66M | 0 | – | – | 7.17 | 0.66M |" in table
+    assert "- Depth pays with shortcuts (Table 6): ResNet-44 not checked yet (no finished run)." in text
+    assert "cifar_resnet44-s0" not in text  # no run of it to list
+
+
 def _row(model, depth, residual, train, val):
     from resnets.analysis.runs import ModelRow
 

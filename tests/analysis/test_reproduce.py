@@ -99,6 +99,30 @@ def test_plan_order_and_a_diverging_run_does_not_stop_the_rest(tmp_path):
         plan_runs([21], False, 1, tmp_path)
 
 
+def test_plain_twins_of_chosen_depths_only(tmp_path, monkeypatch):
+    # Fig. 6 left needs plain twins of some depths only (e.g. 20 and 56 for the degradation claim):
+    # `--plain 20,56` plans those, bare `--plain` every depth, and nothing else is planned or reported.
+    from resnets.analysis import reproduce
+
+    plan = plan_runs([20, 32, 56], [20, 56], 1, tmp_path)
+    assert [p.model for p in plan] == ["cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "cifar_plain20",
+                                       "cifar_plain56"]
+    seen = {}
+
+    def planned_only(out, plan, *rest):
+        seen["plan"] = plan
+        return out / "report.md"
+
+    monkeypatch.setattr(reproduce, "write_outputs", planned_only)
+    base = ["reproduce", "cifar10", "--depths", "20,32", "--out", str(tmp_path / "exp"), "--report-only"]
+    for flags, plains in (([], []), (["--plain"], ["cifar_plain20", "cifar_plain32"]),
+                          (["--plain", "32"], ["cifar_plain32"])):
+        seen.clear()
+        assert main(base + flags) == 0
+        assert [p.model for p in seen["plan"] if "plain" in p.model] == plains
+    assert main(base + ["--plain", "twenty"]) == 2
+
+
 def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny_cifar):
     from resnets.run_dir import RunLock
 
