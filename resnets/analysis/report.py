@@ -71,7 +71,8 @@ def runs_markdown(runs: Sequence[RunResult]) -> str:
         speed = "–" if r.images_per_s is None else f"{r.images_per_s:.0f}"
         hours = f"{r.training_seconds / 3600:.1f}" if r.training_seconds else "–"
         where = f"{r.summary.get('device')}, {r.summary.get('precision')}" if r.summary else "–"
-        state = f"{r.state} (restored from its weights; no curves)" if r.restored else r.state
+        state = (r.state if not r.restored else f"{r.state} (restored from its weights)" if r.train
+                 else f"{r.state} (restored from its weights; no curves)")
         lines.append(f"| {r.run_dir.name} | {state} | {last} | {fmt_mean_std(r.final_train_error, None)} "
                      f"| {fmt_mean_std(r.final_val_error, None)} | {speed} | {hours} | {where} | {r.warmup} |")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import yaml
 from ..config import from_dict, to_dict
 from ..errors import ConfigError, DataError
 from ..models import count_params, create_model, model_spec
-from ..train.metrics_log import read_metrics
+from ..train.metrics_log import expand_log, read_metrics
 from ..train.schedule import LrSchedule
 
 RunState = Literal["finished", "interrupted", "new"]
@@ -70,7 +70,7 @@ class RunResult:
 
     @property
     def restored(self) -> bool:
-        """Rebuilt by `restore_run` from its weights file: final numbers, but no curves."""
+        """Rebuilt by `restore_run` from its weights file: final numbers, and curves where the file has them."""
         return self.summary is not None and "restored_from" in self.summary
 
     @property
@@ -171,9 +171,10 @@ def load_run(run_dir: str | Path) -> RunResult:
 def restore_run(weights: str | Path, run_dir: str | Path, data: str | None = None) -> RunResult:
     """A finished run's directory rebuilt from its `model.safetensors` when the directory itself is
     lost: the weights file carries the run's resolved config and its summary line (the final
-    errors) in its metadata, so Table 6 can count the run again. Its curves were only in the lost
-    log and stay missing. `data`: where the run's data file is now (the metadata names it by file
-    name only)."""
+    errors) in its metadata, so Table 6 can count the run again, and, in files written since
+    session 17, its log's curves, speeds and warm-up (`compact_log`); for older files those were
+    only in the lost log and stay missing. `data`: where the run's data file is now (the metadata
+    names it by file name only)."""
     from ..models.weights import read_weights_metadata
 
     run_dir, weights = Path(run_dir), Path(weights)
@@ -186,12 +187,13 @@ def restore_run(weights: str | Path, run_dir: str | Path, data: str | None = Non
     config = dict(metadata["config"], out=str(run_dir))
     if data is not None:
         config["data"] = dict(config["data"], path=str(data))
-    summary = {"event": "summary", **{k: v for k, v in metadata.items() if k != "config"},
+    summary = {"event": "summary", **{k: v for k, v in metadata.items() if k not in ("config", "log")},
                "restored_from": weights.name}
+    rows = [*expand_log(metadata.get("log") or {}), summary]
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, run_dir / "model.safetensors")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(from_dict(config)), sort_keys=False))
-    (run_dir / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return load_run(run_dir)
 
 

@@ -41,7 +41,7 @@ from ..run_dir import (RunLock, append_history, code_version, config_changes, de
 from ..runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 from .data import BatchShard, RunData, build_cifar
 from .imagenet_data import MEAN_FILE, build_imagenet
-from .metrics_log import MetricsLog, read_metrics
+from .metrics_log import MetricsLog, compact_log, read_metrics
 from .progress import ProgressBar
 from .state import TrainState
 from .stats import RunningStats
@@ -401,7 +401,8 @@ def _save_final_weights(state: TrainState, data: RunData, summary: dict[str, Any
     portable["data"].update(path=Path(config.data.path).name if config.data.path else None, cache_dir=None)
     portable["out"] = Path(config.out).name
     provenance = {"config": portable, "data_sha256": file_sha256(config.data.path) if config.data.path else None,
-                  "data_fingerprint": data.fingerprint, "code": code_version()}
+                  "data_fingerprint": data.fingerprint, "code": code_version(),
+                  "log": compact_log(read_metrics(config.out))}
     save_weights(Path(config.out) / "model.safetensors", state.model,
                  weights_config(config.model, data.num_classes, data.classes),
                  metadata={**{k: v for k, v in summary.items() if k != "event"}, **provenance})

@@ -248,6 +248,36 @@ def test_a_lost_run_directory_is_restored_from_its_weights(tmp_path):
         restore_run(bare, tmp_path / "other")
 
 
+def test_a_restored_run_has_its_curves_speed_and_warmup_back(tmp_path, tiny_cifar):
+    # The weights carry the run's log in compact form: a run directory lost with its machine comes
+    # back from them as the report read it before, curves, speeds and warm-up included.
+    import shutil
+
+    from resnets.analysis.runs import restore_run
+    from resnets.train.engine import train
+
+    run_dir = tmp_path / "machine-1" / "cifar_resnet8-s0"
+    config = resolve_config(None, {
+        "model.name": "cifar_resnet8", "seed": 0, "out": str(run_dir), "data.path": str(tiny_cifar),
+        "optim.iters": 12, "optim.milestones": [8, 10], "optim.batch_size": 16, "optim.warmup": "on",
+        "optim.warmup_until_error": 100.1, "data.val_size": 50, "data.cache_dir": str(tmp_path / "cache"),
+        "eval_every": 4, "log_every": 2, "checkpoint_every": 6, "precision": "fp32", "device": "cpu",
+        "tensorboard": False}, preset="cifar-paper")
+    train(config)
+    before = load_run(run_dir)
+    assert len(before.train) == 6 and len(before.val) == 3 and before.warmup_end is not None
+    shutil.copyfile(run_dir / "model.safetensors", tmp_path / "shipped.safetensors")
+    shutil.rmtree(tmp_path / "machine-1")
+
+    after = restore_run(tmp_path / "shipped.safetensors", tmp_path / "machine-2" / "cifar_resnet8-s0")
+    assert after.restored and after.finished
+    for field in ("train", "val", "warmup_end", "images_per_s", "training_seconds", "final_train_error",
+                  "final_val_error", "warmup"):
+        assert getattr(after, field) == getattr(before, field), field
+    row = next(l for l in render_report([after], {}).splitlines() if l.startswith("| cifar_resnet8-s0 "))
+    assert "| finished (restored from its weights) |" in row
+
+
 def test_fig7_claims_are_checked_on_the_measured_stds(tmp_path):
     from resnets.analysis.report import responses_markdown
     from resnets.analysis.responses import ResponseStats
