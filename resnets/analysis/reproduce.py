@@ -1,6 +1,6 @@
 """`resnets reproduce cifar10`: the CIFAR-10 experiments of Sec. 4.2 in one command.
 
-For every depth (and with `plain` also the plain twins) and every seed, one run
+For every depth (and every depth in `plain` also the plain twin) and every seed, one run
 directory OUT/runs/<model>-s<seed> is trained in this process, one after another (with
 `jobs` > 1, in that many processes at once), with the paper's recipe (`cifar-paper` preset)
 and any schedule overrides. The command is resumable: finished runs are skipped, interrupted
@@ -38,16 +38,15 @@ class PlannedRun:
     run_dir: Path
 
 
-def plan_runs(depths: Sequence[int], plain: bool | Sequence[int], seeds: int, out: str | Path) -> list[PlannedRun]:
+def plan_runs(depths: Sequence[int], plain: Sequence[int], seeds: int, out: str | Path) -> list[PlannedRun]:
     """Seed 0 of every network first (residual shallow to deep, then plain), then seed 1, ...:
-    an experiment cut short still has one complete table. `plain`: True for the plain twin of
-    every depth, or the depths whose plain twins to train."""
+    an experiment cut short still has one complete table. `plain`: the depths whose plain twins
+    (Fig. 6 left) to train as well."""
     if seeds < 1:
         raise ConfigError(f"--seeds: expected a positive number of seeds, got {seeds}")
     if not depths:
         raise ConfigError("--depths: expected at least one depth, e.g. 20,32,44,56,110")
-    plain_depths = depths if plain is True else plain or []
-    models = [f"cifar_resnet{d}" for d in depths] + [f"cifar_plain{d}" for d in plain_depths]
+    models = [f"cifar_resnet{d}" for d in depths] + [f"cifar_plain{d}" for d in plain]
     for name in models:
         try:
             model_spec(name)
@@ -166,7 +165,7 @@ def _worker(plan: Sequence[PlannedRun], data: str | None, overrides: Mapping[str
         sys.exit(2)
 
 
-def reproduce_cifar10(depths: Sequence[int], *, out: str | Path, data: str | None, plain: bool | Sequence[int] = False,
+def reproduce_cifar10(depths: Sequence[int], *, out: str | Path, data: str | None, plain: Sequence[int] = (),
                       seeds: int = 1, overrides: Mapping[str, Any] | None = None, response_images: int = 500,
                       command: str | None = None, report_only: bool = False, jobs: int = 1,
                       log: Callable[[str], None] = print) -> Path:

@@ -172,7 +172,7 @@ def restore_run(weights: str | Path, run_dir: str | Path, data: str | None = Non
     """A finished run's directory rebuilt from its `model.safetensors` when the directory itself is
     lost: the weights file carries the run's resolved config and its summary line (the final
     errors) in its metadata, so Table 6 can count the run again, and, in files written since
-    session 17, its log's curves, speeds and warm-up (`compact_log`); for older files those were
+    2026-12-08, its log's curves, speeds and warm-up (`compact_log`); for older files those were
     only in the lost log and stay missing. `data`: where the run's data file is now (the metadata
     names it by file name only)."""
     from ..models.weights import read_weights_metadata
@@ -240,9 +240,6 @@ def summarize(runs: Sequence[RunResult], models: Sequence[str] = ()) -> list[Mod
     experiment plans, so that one with no run directory yet still has its row (no runs), and the
     table shows what is missing. Rows in plotting order: residual before plain, then depth."""
     rows: dict[str, ModelRow] = {}
-    for name in models:
-        spec = model_spec(name)
-        rows[name] = ModelRow(name, spec.depth, spec.residual, network_params(name), 0, 0, [], [])
     for r in runs:
         row = rows.setdefault(r.model, ModelRow(r.model, r.depth, r.residual, None, 0, 0, [], []))
         row.params = row.params or r.params
@@ -254,4 +251,8 @@ def summarize(runs: Sequence[RunResult], models: Sequence[str] = ()) -> list[Mod
             row.val_errors.append(r.final_val_error)
         if r.final_train_error is not None:
             row.train_errors.append(r.final_train_error)
+    for name in models:
+        if name not in rows:
+            spec = model_spec(name)
+            rows[name] = ModelRow(name, spec.depth, spec.residual, network_params(name), 0, 0, [], [])
     return sorted(rows.values(), key=lambda row: (not row.residual, row.depth))

@@ -113,7 +113,7 @@ def test_report_only_reports_the_planned_runs(experiment):
 
     out, _ = experiment
     # Plan: resnet20 and plain20, seeds 0-1; resnet56 and the other seeds are not in it.
-    report = reproduce_cifar10([20], out=out, data=None, plain=True, seeds=2, report_only=True)
+    report = reproduce_cifar10([20], out=out, data=None, plain=[20], seeds=2, report_only=True)
     text = report.read_text()
     assert "| cifar_resnet20 | 20 |" in text and "| cifar_plain20 | 20 |" in text
     assert "cifar_resnet56" not in text and "cifar_resnet20-s2" not in text
@@ -315,11 +315,11 @@ def test_fig6_draws_one_curve_per_network_its_lowest_seed_with_a_curve(experimen
     drawn = {}
     monkeypatch.setattr(reproduce, "plot_fig6", lambda plain, residual, path: drawn.update(
         plain=[r.run_dir.name for r in plain], residual=[r.run_dir.name for r in residual]))
-    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=True, seeds=3, report_only=True)
+    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=[20, 56], seeds=3, report_only=True)
     assert drawn == {"residual": ["cifar_resnet20-s1", "cifar_resnet56-s0"], "plain": ["cifar_plain20-s0"]}
     shutil.rmtree(out / "runs" / "cifar_plain20-s0")
     shutil.rmtree(out / "runs" / "cifar_plain20-s1")  # only the unfinished seed 2 is left: it is drawn
-    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=True, seeds=3, report_only=True)
+    reproduce.reproduce_cifar10([20, 56], out=out, data=None, plain=[20, 56], seeds=3, report_only=True)
     assert drawn["plain"] == ["cifar_plain20-s2"]
 
 

@@ -75,11 +75,11 @@ def test_skip_finished_and_resume_interrupted(tmp_path, tiny_cifar, monkeypatch)
 
     # A finished run trained with another schedule is not silently reused.
     with pytest.raises(ConfigError, match="optim.iters"):
-        execute_runs(plan_runs([8], False, 1, out), str(tiny_cifar), overrides(tmp_path, iters=6), log=lambda s: None)
+        execute_runs(plan_runs([8], [], 1, out), str(tiny_cifar), overrides(tmp_path, iters=6), log=lambda s: None)
 
 
 def test_plan_order_and_a_diverging_run_does_not_stop_the_rest(tmp_path):
-    plan = plan_runs([20, 56], True, 2, tmp_path)
+    plan = plan_runs([20, 56], [20, 56], 2, tmp_path)
     assert [p.run_dir.name for p in plan] == [
         "cifar_resnet20-s0", "cifar_resnet56-s0", "cifar_plain20-s0", "cifar_plain56-s0",
         "cifar_resnet20-s1", "cifar_resnet56-s1", "cifar_plain20-s1", "cifar_plain56-s1"]
@@ -96,7 +96,7 @@ def test_plan_order_and_a_diverging_run_does_not_stop_the_rest(tmp_path):
     assert len(trained) == 8 and all(t[2] == 10 and not t[3] for t in trained)
     assert sum("non-finite" in m for m in messages) == 2
     with pytest.raises(ConfigError, match="--depths"):
-        plan_runs([21], False, 1, tmp_path)
+        plan_runs([21], [], 1, tmp_path)
 
 
 def test_plain_twins_of_chosen_depths_only(tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def test_plain_twins_of_chosen_depths_only(tmp_path, monkeypatch):
 def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny_cifar):
     from resnets.run_dir import RunLock
 
-    plan = plan_runs([8], True, 1, tmp_path / "exp")  # cifar_resnet8-s0, cifar_plain8-s0
+    plan = plan_runs([8], [8], 1, tmp_path / "exp")  # cifar_resnet8-s0, cifar_plain8-s0
     plan[0].run_dir.mkdir(parents=True)
     lines = []
     with RunLock(plan[0].run_dir):  # e.g. a parallel worker training it
