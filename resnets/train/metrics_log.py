@@ -38,12 +38,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 # the warm-up survive the run directory: on these machines a run directory can be lost with the
 # machine, and the shipped weights are all that remains (issue 25). About 20 bytes per logged
 # window: ~15 KB for a 64k-iteration run logged every 100 iterations.
-_COMPACT = {"train": ("iteration", "train_error", "images_per_s"), "val": ("iteration", "val_error"),
-            "warmup_end": ("iteration", "train_error")}
+# In the order training writes the events of one iteration.
+_COMPACT = {"warmup_end": ("iteration", "train_error"), "train": ("iteration", "train_error", "images_per_s"),
+            "val": ("iteration", "val_error")}
 
 
 def compact_log(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
-    """A run's metrics.jsonl rows as columns per event: training windows (iteration, training
+    """A run's metrics.jsonl rows as lists of values per event: training windows (iteration, training
     error, images/s), validation points (iteration, error), the warm-up's end (iteration, error)."""
     compact: dict[str, list[list[Any]]] = {event: [] for event in _COMPACT}
     for row in rows:
@@ -54,9 +55,8 @@ def compact_log(rows: list[dict[str, Any]]) -> dict[str, list[list[Any]]]:
 
 
 def expand_log(compact: dict[str, list[list[Any]]]) -> list[dict[str, Any]]:
-    """`compact_log`'s rows back as metrics.jsonl rows, in iteration order (events of one
-    iteration in the order training writes them: warm-up end, training window, validation)."""
-    order = {event: i for i, event in enumerate(("warmup_end", "train", "val"))}
+    """`compact_log`'s rows back as metrics.jsonl rows, in iteration order."""
+    order = {event: i for i, event in enumerate(_COMPACT)}
     rows = [{"event": event, **dict(zip(_COMPACT[event], values))}
             for event in _COMPACT for values in compact.get(event, [])]
     return sorted(rows, key=lambda r: (r["iteration"], order[r["event"]]))
